@@ -1,0 +1,1 @@
+"""CAQE's built-in local_lab plugin."""

@@ -1,0 +1,1 @@
+"""CAQE's built-in mturk plugin."""
