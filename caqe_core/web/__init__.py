@@ -1,0 +1,163 @@
+"""The Flask app factory and request helpers shared by core and plugins."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, current_app, g, jsonify, render_template, request
+from itsdangerous import BadSignature, URLSafeSerializer
+from sqlalchemy.orm import Session, sessionmaker
+from werkzeug.exceptions import HTTPException
+
+from caqe_core.audio import AudioTokens
+from caqe_core.study import Study
+
+logger = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 1_000_000
+
+
+@dataclass
+class WebState:
+    """What the app needs at every request; nothing in it is per-participant."""
+
+    study: Study
+    session_factory: sessionmaker[Session]
+    secret_key: bytes
+    admin_password: str
+    data_dir: Path
+    audio_tokens: AudioTokens
+    participant_tokens: URLSafeSerializer
+
+
+def state() -> WebState:
+    return current_app.extensions["caqe"]
+
+
+def current_study() -> Study:
+    """The study being served (inside a request or app context)."""
+    return state().study
+
+
+def db_session() -> Session:
+    """The request's SQLAlchemy session, closed when the request ends."""
+    if "caqe_session" not in g:
+        g.caqe_session = state().session_factory()
+    return g.caqe_session
+
+
+def participant_token(public_id: str) -> str:
+    return state().participant_tokens.dumps(public_id)
+
+
+def decode_participant_token(token: str) -> str | None:
+    try:
+        value = state().participant_tokens.loads(token)
+    except BadSignature:
+        return None
+    return value if isinstance(value, str) else None
+
+
+def csrf_token(public_id: str) -> str:
+    """Per-participant token for forms and JSON posts."""
+    return hmac.new(state().secret_key, b"csrf\x00" + public_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def check_csrf(public_id: str, value: str | None) -> bool:
+    return bool(value) and hmac.compare_digest(csrf_token(public_id), value or "")
+
+
+def json_error(status: int, message: str, field: str | None = None) -> Any:
+    body: dict[str, Any] = {"error": message}
+    if field is not None:
+        body["field"] = field
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+def create_app(
+    study: Study,
+    session_factory: sessionmaker[Session],
+    secret_key: bytes,
+    admin_password: str,
+    data_dir: Path,
+) -> Flask:
+    """Build the Flask app that serves ``study``."""
+    app = Flask(__name__, template_folder="templates", static_folder="static", static_url_path="/static")
+    app.config["SECRET_KEY"] = secret_key
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+    app.config["JSON_SORT_KEYS"] = False
+    app.extensions["caqe"] = WebState(
+        study=study,
+        session_factory=session_factory,
+        secret_key=secret_key,
+        admin_password=admin_password,
+        data_dir=data_dir,
+        audio_tokens=AudioTokens(secret_key),
+        participant_tokens=URLSafeSerializer(secret_key, salt="caqe-participant"),
+    )
+
+    from caqe_core.web import admin, audio, participant
+
+    app.register_blueprint(participant.bp)
+    app.register_blueprint(audio.bp)
+    app.register_blueprint(admin.bp)
+    study.registry.hook.register_routes(app=app)
+
+    app.teardown_appcontext(_close_session)
+    app.after_request(_security_headers)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    app.jinja_env.globals["study_title"] = study.config.core.experiment.title
+    return app
+
+
+def _close_session(_exception: BaseException | None) -> None:
+    session = g.pop("caqe_session", None)
+    if session is not None:
+        session.close()
+
+
+def _security_headers(response: Any) -> Any:
+    ancestors = " ".join(current_study().config.core.web.frame_ancestors)
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self' data:; media-src 'self' blob:; "
+        "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; "
+        f"connect-src 'self'; form-action *; frame-ancestors {ancestors}",
+    )
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers.setdefault("Cross-Origin-Resource-Policy", "same-origin")
+    if response.mimetype == "text/html":
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def _wants_json() -> bool:
+    return request.path.startswith("/api/") or request.is_json
+
+
+def _http_error(error: HTTPException) -> Any:
+    status = error.code or 500
+    if status == 413:
+        message = f"The request body is larger than {MAX_REQUEST_BYTES} bytes."
+    else:
+        message = error.description or error.name
+    if _wants_json():
+        return json_error(status, message)
+    return render_template("caqe/error.html", status=status, message=message), status
+
+
+def _unexpected_error(error: Exception) -> Any:
+    logger.exception("Unexpected error on %s %s", request.method, request.path)
+    message = "The server could not handle this request. Please try again in a moment."
+    if _wants_json():
+        return json_error(500, message)
+    return render_template("caqe/error.html", status=500, message=message), 500

@@ -1,0 +1,164 @@
+"""Balanced assignment of conditions to participants.
+
+Each participant gets up to ``conditions_per_participant`` conditions: those
+with the fewest completed plus reserved trials that are below their target
+and that the participant has not done. Every assignment runs in one
+transaction that starts by updating the experiment row, which takes the
+write lock on SQLite and a row lock on PostgreSQL, so assignments from any
+number of processes are serialised.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import secrets
+from collections import Counter
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from caqe_core.models import Condition, Experiment, Participant, Reservation, Trial, utcnow
+from caqe_core.study import Study
+
+logger = logging.getLogger(__name__)
+
+
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """SQLite returns naive datetimes; every stored time is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def lock_experiment(session: Session, experiment_id: int) -> None:
+    """Serialise this transaction against every other assignment of the experiment."""
+    session.execute(
+        update(Experiment)
+        .where(Experiment.id == experiment_id)
+        .values(lock_counter=Experiment.lock_counter + 1)
+    )
+
+
+def expire_reservations(session: Session, experiment_id: int, now: dt.datetime) -> int:
+    condition_ids = select(Condition.id).where(Condition.experiment_id == experiment_id)
+    result = session.execute(
+        update(Reservation)
+        .where(
+            Reservation.status == "active",
+            Reservation.expires_at < now,
+            Reservation.condition_id.in_(condition_ids),
+        )
+        .values(status="expired")
+    )
+    return result.rowcount or 0
+
+
+def condition_load(session: Session, experiment_id: int) -> Counter[int]:
+    """Completed plus actively reserved trials per condition id."""
+    rows = session.execute(
+        select(Reservation.condition_id, func.count())
+        .join(Condition, Condition.id == Reservation.condition_id)
+        .where(
+            Condition.experiment_id == experiment_id,
+            Reservation.status.in_(("active", "completed")),
+        )
+        .group_by(Reservation.condition_id)
+    ).all()
+    return Counter({condition_id: count for condition_id, count in rows})
+
+
+def ensure_reservations(
+    session_factory: sessionmaker[Session],
+    study: Study,
+    participant_id: int,
+    now: dt.datetime | None = None,
+) -> list[Reservation]:
+    """Give the participant their conditions; return their active reservations in page order.
+
+    Expired reservations of this participant are renewed when their
+    condition still has room, and otherwise replaced by another condition.
+    An empty list means the participant has nothing (more) to do.
+    """
+    now = now or utcnow()
+    assignment = study.config.core.assignment
+    wanted = assignment.conditions_per_participant
+    lifetime = dt.timedelta(minutes=assignment.reservation_minutes)
+
+    with session_factory() as session, session.begin():
+        lock_experiment(session, study.experiment_id)
+        expired = expire_reservations(session, study.experiment_id, now)
+        if expired:
+            logger.info("Expired %d reservations of experiment %s", expired, study.name)
+        participant = session.get(Participant, participant_id)
+        if participant is None:
+            raise LookupError(f"participant {participant_id} not found")
+        own = session.scalars(
+            select(Reservation).where(Reservation.participant_id == participant_id)
+        ).all()
+        load = condition_load(session, study.experiment_id)
+        targets = dict(
+            session.execute(
+                select(Condition.id, Condition.target).where(
+                    Condition.experiment_id == study.experiment_id
+                )
+            ).all()
+        )
+
+        for reservation in own:
+            if reservation.status == "expired" and load[reservation.condition_id] < targets.get(
+                reservation.condition_id, 0
+            ):
+                reservation.status = "active"
+                reservation.expires_at = now + lifetime
+                load[reservation.condition_id] += 1
+            elif reservation.status == "active" and as_utc(reservation.expires_at) < now + lifetime / 2:
+                reservation.expires_at = now + lifetime
+
+        held = sum(1 for reservation in own if reservation.status in ("active", "completed"))
+        missing = wanted - held
+        if missing > 0:
+            taken = {reservation.condition_id for reservation in own}
+            rng = random.Random(f"{study.config.core.experiment.seed}:{participant.public_id}")
+            candidates = [
+                condition_id
+                for condition_id in targets
+                if condition_id not in taken and load[condition_id] < targets[condition_id]
+            ]
+            rng.shuffle(candidates)
+            candidates.sort(key=lambda condition_id: load[condition_id])
+            chosen = candidates[:missing]
+            rng.shuffle(chosen)
+            next_position = max((reservation.position for reservation in own), default=-1) + 1
+            for offset, condition_id in enumerate(chosen):
+                view = study.conditions[condition_id]
+                plan_rng = random.Random(
+                    f"{study.config.core.experiment.seed}:{participant.public_id}:{view.key}"
+                )
+                plan = study.test_type.plan_trial(view, plan_rng)
+                session.add(
+                    Reservation(
+                        public_id=secrets.token_urlsafe(12),
+                        participant_id=participant_id,
+                        condition_id=condition_id,
+                        position=next_position + offset,
+                        status="active",
+                        plan=plan,
+                        created_at=now,
+                        expires_at=now + lifetime,
+                    )
+                )
+        session.flush()
+        active = session.scalars(
+            select(Reservation)
+            .where(Reservation.participant_id == participant_id, Reservation.status == "active")
+            .order_by(Reservation.position)
+        ).all()
+        for reservation in active:
+            session.expunge(reservation)
+        return list(active)
+
+
+def completed_count(session: Session, participant_id: int) -> int:
+    return session.scalar(
+        select(func.count()).select_from(Trial).where(Trial.participant_id == participant_id)
+    ) or 0

@@ -1,0 +1,391 @@
+"""The ``caqe`` command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from caqe_core import __version__
+from caqe_core.config import ConfigError, StudyConfig, load_config
+from caqe_core.db import (
+    data_dir,
+    describe_database,
+    has_tables,
+    is_up_to_date,
+    make_engine,
+    make_session_factory,
+    resolve_database_url,
+    upgrade,
+)
+from caqe_core.plugins import PluginError, Registry, get_registry
+from caqe_core.study import Study, StudyConflictError, check_study, generated_dir, load_study_from_database, prepare_study
+
+logger = logging.getLogger(__name__)
+
+SECRET_KEY_ENV = "CAQE_SECRET_KEY"
+ADMIN_PASSWORD_ENV = "CAQE_ADMIN_PASSWORD"
+
+
+@dataclass
+class Context:
+    """What a command that needs a study gets from the shared options."""
+
+    registry: Registry
+    database_url: str
+    engine: Engine
+    session_factory: sessionmaker[Session]
+
+    def study(self, name: str | None = None) -> Study:
+        """The study stored in the database (for results and recruiter commands)."""
+        ensure_schema(self.engine)
+        try:
+            return load_study_from_database(self.session_factory, self.registry, name)
+        except LookupError as error:
+            raise click.ClickException(str(error)) from None
+        except ConfigError as error:
+            raise click.ClickException(
+                "The config stored in the database no longer validates with the installed "
+                f"plugins:\n{error}"
+            ) from None
+
+
+def open_database(database_url: str | None) -> tuple[str, Engine, sessionmaker[Session]]:
+    url = resolve_database_url(database_url)
+    try:
+        engine = make_engine(url)
+    except Exception as error:  # SQLAlchemy raises several types for bad URLs
+        raise click.ClickException(f"Invalid database URL {describe_database(url)!r}: {error}") from None
+    return url, engine, make_session_factory(engine)
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create or migrate the schema; a database of a newer CAQE is an error."""
+    try:
+        if not has_tables(engine) or not is_up_to_date(engine):
+            upgrade(engine)
+    except Exception as error:
+        if "OperationalError" in type(error).__name__ or "connect" in str(error).lower():
+            raise click.ClickException(
+                f"Cannot use the database at {describe_database(engine.url.render_as_string(hide_password=False))}: "
+                f"{error.__class__.__name__}: {str(error).splitlines()[0]}. Check DATABASE_URL "
+                "or --database-url, and that the database server is running."
+            ) from None
+        raise
+
+
+def database_options(function: Any) -> Any:
+    function = click.option(
+        "--database-url",
+        envvar="DATABASE_URL",
+        default=None,
+        help="SQLAlchemy database URL [env DATABASE_URL; default: SQLite in ./caqe-data or $CAQE_HOME].",
+    )(function)
+    return function
+
+
+def config_option(function: Any) -> Any:
+    return click.option(
+        "--config",
+        "config_path",
+        envvar="CAQE_CONFIG",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Study config (YAML) [env CAQE_CONFIG].",
+    )(function)
+
+
+def experiment_option(function: Any) -> Any:
+    return click.option(
+        "--experiment",
+        default=None,
+        help="Name of the study when the database holds several.",
+    )(function)
+
+
+def make_context(database_url: str | None) -> Context:
+    url, engine, factory = open_database(database_url)
+    return Context(registry=load_registry(), database_url=url, engine=engine, session_factory=factory)
+
+
+def load_registry() -> Registry:
+    try:
+        return get_registry()
+    except PluginError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def load_study_config(path: Path, registry: Registry) -> StudyConfig:
+    try:
+        return load_config(path, registry)
+    except ConfigError as error:
+        raise click.ClickException(
+            f"The config is invalid ({len(error.problems)} problem"
+            f"{'s' if len(error.problems) != 1 else ''}):\n" + "\n".join(error.problems)
+        ) from None
+
+
+def secret_key(home: Path) -> bytes:
+    """The key that signs participant links: ``$CAQE_SECRET_KEY``, else a file kept in the data folder."""
+    value = os.environ.get(SECRET_KEY_ENV)
+    if value:
+        if len(value) < 32:
+            raise click.ClickException(f"{SECRET_KEY_ENV} must be at least 32 characters long.")
+        return value.encode()
+    path = home / "secret_key"
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+@click.group()
+@click.version_option(__version__, prog_name="caqe")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def cli(verbose: bool) -> None:
+    """CAQE: listening tests (MUSHRA, pairwise comparison) in the browser."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@cli.command("plugins")
+def plugins_command() -> None:
+    """List the loaded plugins, their versions and what each provides."""
+    registry = load_registry()
+    for info in registry.plugin_infos():
+        version = f" {info.version}" if info.version else ""
+        click.echo(f"{info.name}{version}")
+        for kind, names in sorted(info.provides.items()):
+            click.echo(f"  {kind.replace('_', ' ')}: {', '.join(names)}")
+        click.echo(f"  hooks: {', '.join(info.hooks)}")
+
+
+@cli.command("validate")
+@click.argument("config_path", type=click.Path(dir_okay=False, path_type=Path), required=False, envvar="CAQE_CONFIG")
+def validate_command(config_path: Path | None) -> None:
+    """Check a study config and its audio without serving it."""
+    if config_path is None:
+        raise click.UsageError("Give the config file: caqe validate CONFIG (or set CAQE_CONFIG).")
+    registry = load_registry()
+    config = load_study_config(config_path, registry)
+    try:
+        checked = check_study(config, registry, generated_dir(data_dir(), config.name))
+    except ConfigError as error:
+        raise click.ClickException(
+            f"The study is invalid ({len(error.problems)} problem"
+            f"{'s' if len(error.problems) != 1 else ''}):\n" + "\n".join(error.problems)
+        ) from None
+    stimuli = sum(len(spec.stimuli) for spec in checked.specs)
+    click.echo(
+        f"{config.path}: valid. Experiment {config.name!r}, test type {config.core.test_type!r}, "
+        f"{len(checked.specs)} conditions, {stimuli} stimuli."
+    )
+
+
+def resolve_config_path(plugin: str | None, config_path: Path | None, registry: Registry) -> Path:
+    if config_path is not None:
+        return config_path
+    if plugin is None:
+        raise click.UsageError("Give --config FILE, or --plugin NAME to serve that plugin's demo.")
+    try:
+        test_type = registry.test_type(plugin)
+    except PluginError as error:
+        raise click.ClickException(str(error)) from None
+    demo = test_type.demo_config()
+    if demo is None:
+        raise click.ClickException(f"Test type {plugin!r} ships no demo config; give --config FILE.")
+    return demo
+
+
+def prepare(context: Context, config: StudyConfig) -> Study:
+    ensure_schema(context.engine)
+    try:
+        return prepare_study(config, context.registry, context.session_factory, data_dir())
+    except ConfigError as error:
+        raise click.ClickException("The study is invalid:\n" + "\n".join(error.problems)) from None
+    except StudyConflictError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@cli.command("run")
+@click.option("--plugin", default=None, help="Serve this test type's demo when no config is given.")
+@config_option
+@database_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="Gunicorn worker processes.")
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256), help="Threads per worker.")
+def run_command(
+    plugin: str | None,
+    config_path: Path | None,
+    database_url: str | None,
+    host: str,
+    port: int,
+    workers: int,
+    threads: int,
+) -> None:
+    """Prepare the study and serve it with gunicorn."""
+    context = make_context(database_url)
+    path = resolve_config_path(plugin, config_path, context.registry)
+    if plugin is not None and config_path is not None:
+        config = load_study_config(path, context.registry)
+        if config.core.test_type != plugin:
+            raise click.ClickException(
+                f"--plugin {plugin} does not match the config's test_type {config.core.test_type!r}. "
+                "Drop --plugin or use a config of that test type."
+            )
+    config = load_study_config(path, context.registry)
+    study = prepare(context, config)
+    if make_url(context.database_url).get_backend_name() == "sqlite" and workers > 1:
+        click.echo("Note: several workers on SQLite serialise writes; use PostgreSQL to scale out.", err=True)
+
+    from caqe_core.serve import serve
+
+    admin_password = os.environ.get(ADMIN_PASSWORD_ENV) or secrets.token_urlsafe(16)
+    home = data_dir()
+    serve(
+        study=study,
+        engine=context.engine,
+        session_factory=context.session_factory,
+        secret=secret_key(home),
+        admin_password=admin_password,
+        home=home,
+        host=host,
+        port=port,
+        workers=workers,
+        threads=threads,
+        database=describe_database(context.database_url),
+    )
+
+
+@cli.command("status")
+@database_options
+@experiment_option
+def status_command(database_url: str | None, experiment: str | None) -> None:
+    """Print progress per condition."""
+    from caqe_core.progress import progress_summary
+
+    context = make_context(database_url)
+    study = context.study(experiment)
+    with context.session_factory() as session:
+        summary = progress_summary(session, study)
+    click.echo(f"Experiment {study.name} ({describe_database(context.database_url)})")
+    click.echo(
+        f"Participants: "
+        + ", ".join(f"{status} {count}" for status, count in sorted(summary["participants"].items()))
+        if summary["participants"]
+        else "Participants: none yet"
+    )
+    click.echo(
+        f"Trials: {summary['completed_trials']} of {summary['target_trials']} completed, "
+        f"{summary['active_reservations']} reserved"
+    )
+    width = max((len(row["key"]) for row in summary["conditions"]), default=9)
+    click.echo(f"{'condition':<{width}}  completed  reserved  target")
+    for row in summary["conditions"]:
+        click.echo(f"{row['key']:<{width}}  {row['completed']:>9}  {row['reserved']:>8}  {row['target']:>6}")
+
+
+@cli.group("db")
+def db_group() -> None:
+    """Create, migrate or clear the database."""
+
+
+@db_group.command("upgrade")
+@database_options
+def db_upgrade(database_url: str | None) -> None:
+    """Apply the database migrations."""
+    url, engine, _ = open_database(database_url)
+    ensure_schema(engine)
+    click.echo(f"Database {describe_database(url)} is up to date.")
+
+
+@db_group.command("reset")
+@database_options
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def db_reset(database_url: str | None, yes: bool) -> None:
+    """Back up the database, then clear it (do this before a production run)."""
+    url, engine, _ = open_database(database_url)
+    location = describe_database(url)
+    backup = _backup(url, engine)
+    click.echo(f"Backed up {location} to {backup}.")
+    if not yes:
+        click.confirm(f"Delete every study, participant and payment record in {location}?", abort=True)
+    from caqe_core.models import Base
+
+    Base.metadata.drop_all(engine)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+    ensure_schema(engine)
+    click.echo(f"Cleared {location}.")
+
+
+def _backup(url: str, engine: Engine) -> Path:
+    import datetime as dt
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    folder = data_dir() / "backups"
+    folder.mkdir(parents=True, exist_ok=True)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        import sqlite3
+
+        source = Path(parsed.database or "")
+        target = folder / f"{source.stem}-{stamp}.sqlite"
+        if source.exists():
+            with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+                src.backup(dst)
+        else:
+            target.touch()
+        return target
+    target = folder / f"{parsed.database}-{stamp}.json"
+    _dump_tables(engine, target)
+    return target
+
+
+def _dump_tables(engine: Engine, target: Path) -> None:
+    """Write every table as JSON rows: a portable backup that needs no pg_dump."""
+    import json
+
+    from sqlalchemy import MetaData
+
+    metadata = MetaData()
+    metadata.reflect(engine)
+    dump: dict[str, list[dict[str, Any]]] = {}
+    with engine.connect() as connection:
+        for table in metadata.sorted_tables:
+            dump[table.name] = [dict(row._mapping) for row in connection.execute(table.select())]
+    target.write_text(json.dumps(dump, default=str, indent=1))
+
+
+def build_cli() -> click.Group:
+    """Return the root group with every plugin's commands added."""
+    registry = load_registry()
+    registry.hook.register_commands(cli=cli)
+    return cli
+
+
+def main() -> None:
+    try:
+        group = build_cli()
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    group(prog_name="caqe")
+
+
+__all__ = ["cli", "main", "Context", "make_context", "database_options", "config_option", "experiment_option"]

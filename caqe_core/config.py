@@ -1,0 +1,534 @@
+"""Study configuration: YAML into a validated, typed model.
+
+Every error names the file, the line, the dotted key, the bad value and a fix.
+Plugin sections (the test type's, the recruiter's, each step's) are validated
+with the model the plugin registered.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from caqe_core.plugins import Registry
+
+DEMO_AUDIO_ROOT = "caqe:demo"
+
+CORE_STEPS = ("consent", "pre_survey", "training", "trials", "post_survey")
+"""Steps the core provides; plugins add screening steps."""
+
+
+class Strict(BaseModel):
+    """Base of every config model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class ExperimentConfig(Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    """Identifier of the study in the database: lowercase letters, digits, _ and -."""
+    title: str
+    description: str = ""
+    """Markdown shown on the landing page."""
+    seed: int = 0
+    """Seed of the per-participant randomisation, for reproducible designs."""
+
+
+class AssignmentConfig(Strict):
+    conditions_per_participant: int = Field(default=4, ge=1, le=500)
+    trials_per_condition: int = Field(default=20, ge=1, le=100_000)
+    """Target number of completed trials for each condition."""
+    condition_targets: dict[str, int] = Field(default_factory=dict)
+    """Per-condition targets by condition key, overriding the default."""
+    reservation_minutes: float = Field(default=60, gt=0, le=7 * 24 * 60)
+    """After this long an unfinished reservation expires and is reclaimed."""
+
+
+class AudioConfig(Strict):
+    root: str = "."
+    """Folder of the audio files, relative to the config file; ``caqe:demo``
+    names the demo music shipped with CAQE."""
+    sample_rate: int | None = Field(default=None, ge=8000, le=192000)
+    """When set, every stimulus must have this sample rate."""
+    max_channels: int = Field(default=2, ge=1, le=2)
+    length_tolerance_ms: float = Field(default=0, ge=0, le=1000)
+    """Allowed length difference between the stimuli of one trial."""
+    allow_clipping: bool = False
+
+
+class FlowConfig(Strict):
+    steps: list[str] = Field(
+        default_factory=lambda: ["consent", "pre_survey", "training", "trials", "post_survey"]
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _trials_once(cls, steps: list[str]) -> list[str]:
+        if steps.count("trials") != 1:
+            raise ValueError("must contain 'trials' exactly once")
+        if len(set(steps)) != len(steps):
+            raise ValueError("lists a step twice")
+        return steps
+
+
+class ConsentConfig(Strict):
+    text: str = (
+        "You are invited to take part in a listening test. You will listen to "
+        "short audio excerpts over headphones and rate their quality. Taking part "
+        "is voluntary and you may stop at any time. Your answers are stored "
+        "without your name.\n\nBy continuing you confirm that you are at least 18 "
+        "years old and agree to take part."
+    )
+    """Markdown."""
+    agree_label: str = "I agree"
+
+
+class SurveyQuestion(Strict):
+    id: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    type: Literal["single", "multiple", "number", "text", "likert"]
+    text: str
+    required: bool = True
+    options: list[str] = Field(default_factory=list)
+    """Choices of single, multiple and likert questions."""
+    min: float | None = None
+    max: float | None = None
+    max_length: int = Field(default=2000, ge=1, le=20000)
+
+
+def _default_pre_survey() -> list[SurveyQuestion]:
+    return [
+        SurveyQuestion(id="age", type="number", text="Your age in years", min=18, max=120),
+        SurveyQuestion(
+            id="hearing_disorder",
+            type="single",
+            text="Do you have a known hearing disorder?",
+            options=["no", "yes"],
+        ),
+    ]
+
+
+def _default_post_survey() -> list[SurveyQuestion]:
+    return [
+        SurveyQuestion(
+            id="gender",
+            type="single",
+            text="Gender",
+            options=["female", "male", "non-binary", "prefer not to say"],
+            required=False,
+        ),
+        SurveyQuestion(id="country", type="text", text="Country you live in", required=False, max_length=100),
+        SurveyQuestion(
+            id="listening_device",
+            type="single",
+            text="What did you listen with?",
+            options=["closed headphones", "open headphones", "earbuds", "loudspeakers", "other"],
+        ),
+        SurveyQuestion(
+            id="critical_listening",
+            type="likert",
+            text="How much experience do you have with critical listening?",
+            options=["none", "a little", "some", "much", "professional"],
+        ),
+        SurveyQuestion(
+            id="environment_noise",
+            type="likert",
+            text="How noisy was your environment?",
+            options=["silent", "quiet", "some noise", "noisy", "very noisy"],
+        ),
+        SurveyQuestion(id="comments", type="text", text="Comments", required=False),
+    ]
+
+
+class SurveysConfig(Strict):
+    pre: list[SurveyQuestion] = Field(default_factory=_default_pre_survey)
+    post: list[SurveyQuestion] = Field(default_factory=_default_post_survey)
+
+
+class WebConfig(Strict):
+    frame_ancestors: list[str] = Field(
+        default_factory=lambda: [
+            "'self'",
+            "https://worker.mturk.com",
+            "https://workersandbox.mturk.com",
+            "https://www.mturk.com",
+        ]
+    )
+    """Origins allowed to frame participant pages (CSP frame-ancestors)."""
+
+
+class CoreConfig(Strict):
+    experiment: ExperimentConfig
+    test_type: str
+    recruiter: str = "local_lab"
+    audio: AudioConfig = Field(default_factory=AudioConfig)
+    assignment: AssignmentConfig = Field(default_factory=AssignmentConfig)
+    flow: FlowConfig = Field(default_factory=FlowConfig)
+    consent: ConsentConfig = Field(default_factory=ConsentConfig)
+    surveys: SurveysConfig = Field(default_factory=SurveysConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
+
+
+CORE_KEYS = tuple(CoreConfig.model_fields)
+
+
+class ConfigError(ValueError):
+    """An invalid config; ``problems`` holds one message per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass
+class StudyConfig:
+    """A loaded, validated study config."""
+
+    path: Path
+    core: CoreConfig
+    sections: dict[str, Any]
+    """Validated plugin sections by name."""
+    raw: dict[str, Any]
+    text: str
+    positions: dict[tuple[Any, ...], int]
+
+    @property
+    def name(self) -> str:
+        return self.core.experiment.name
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent
+
+    @property
+    def audio_root(self) -> Path:
+        if self.core.audio.root == DEMO_AUDIO_ROOT:
+            from caqe_core.demo import demo_audio_dir
+
+            return demo_audio_dir()
+        return (self.directory / self.core.audio.root).resolve()
+
+    def resolve_audio(self, value: str | Path) -> Path:
+        return (self.audio_root / value).resolve()
+
+    def section(self, name: str) -> Any:
+        return self.sections.get(name)
+
+    @property
+    def test_type_section(self) -> Any:
+        return self.sections.get(self.core.test_type)
+
+    def hash(self) -> str:
+        """SHA-256 of the validated config (not its formatting)."""
+        canonical = json.dumps(
+            {
+                "core": self.core.model_dump(mode="json"),
+                "sections": {
+                    name: section.model_dump(mode="json") if isinstance(section, BaseModel) else section
+                    for name, section in sorted(self.sections.items())
+                },
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def line_of(self, key: str) -> int | None:
+        return line_for(self.positions, parse_dotted(key))
+
+    def error(self, key: str, message: str) -> ConfigError:
+        """Build a ConfigError located at a dotted key."""
+        return ConfigError([format_problem(self.path, self.line_of(key), key, message)])
+
+
+# --- YAML with line numbers ---------------------------------------------------
+
+
+def _positions(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            out[path + (key,)] = key_node.start_mark.line + 1
+            _positions(value_node, path + (key,), out)
+            out[path + (key,)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, child in enumerate(node.value):
+            _positions(child, path + (index,), out)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe loader that rejects a key given twice in one mapping."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {key!r} (first given on line {seen[key]}); remove one of them",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
+)
+
+
+def parse_yaml(path: Path, text: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
+    try:
+        node = yaml.compose(text, Loader=_UniqueKeyLoader)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = mark.line + 1 if mark else None
+        problem = error.problem or str(error)
+        raise ConfigError(
+            [format_problem(path, line, None, f"invalid YAML: {problem}. Fix the syntax at this line.")]
+        ) from None
+    except yaml.YAMLError as error:
+        raise ConfigError([format_problem(path, None, None, f"invalid YAML: {error}")]) from None
+    positions: dict[tuple[Any, ...], int] = {}
+    if node is not None:
+        _positions(node, (), positions)
+    return data, positions
+
+
+def line_for(positions: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
+    """Line of the deepest part of ``loc`` that the file contains."""
+    for end in range(len(loc), -1, -1):
+        line = positions.get(tuple(loc[:end]))
+        if line is not None:
+            return line
+    return None
+
+
+def dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def parse_dotted(key: str) -> tuple[Any, ...]:
+    parts: list[Any] = []
+    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", key):
+        parts.append(int(index) if index else name)
+    return tuple(parts)
+
+
+def format_problem(path: Path, line: int | None, key: str | None, message: str) -> str:
+    where = f"{path}:{line}" if line else str(path)
+    return f"{where}: {key}: {message}" if key else f"{where}: {message}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _describe_pydantic_error(error: dict[str, Any], model: type[BaseModel], loc: tuple[Any, ...], data: Any) -> str:
+    kind = error["type"]
+    value = error.get("input")
+    if kind == "missing":
+        return f"missing required key {loc[-1]!r}. Add it."
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1], data)
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        return (
+            f"unknown key {loc[-1]!r}.{hint} Valid keys here: {', '.join(sorted(allowed))}."
+        )
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        return f"invalid value {_short(value)}; expected one of {expected}."
+    message = error["msg"]
+    if message.startswith("Value error, "):
+        message = message.removeprefix("Value error, ")
+    return f"invalid value {_short(value)}: {message}. Fix the value."
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...], data: Any) -> list[str]:
+    """Field names of the model found by following ``loc`` from ``model``."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or current is None:
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field_info = current.model_fields.get(part)
+        if field_info is None:
+            return []
+        current = _inner_model(field_info.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _inner_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in getattr(annotation, "__args__", ()) or ():
+        found = _inner_model(argument)
+        if found is not None:
+            return found
+    return None
+
+
+def _validate(
+    model: type[BaseModel],
+    data: Any,
+    prefix: tuple[Any, ...],
+    path: Path,
+    positions: dict[tuple[Any, ...], int],
+    problems: list[str],
+) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        for item in error.errors():
+            loc = prefix + tuple(item["loc"])
+            message = _describe_pydantic_error(item, model, tuple(item["loc"]), data)
+            problems.append(format_problem(path, line_for(positions, loc), dotted(loc), message))
+        return None
+
+
+def load_config(path: str | Path, registry: Registry) -> StudyConfig:
+    """Load and validate a study config; raise ConfigError with every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: config file not found. Check the path."]) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError([f"{path}: cannot read the config file: {error}."]) from None
+    return parse_config(path.resolve(), text, registry)
+
+
+def parse_config(path: Path, text: str, registry: Registry) -> StudyConfig:
+    data, positions = parse_yaml(path, text)
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [format_problem(path, 1, None, "the config must be a YAML mapping of keys such as 'experiment' and 'test_type'.")]
+        )
+    problems: list[str] = []
+    non_string = [key for key in data if not isinstance(key, str)]
+    for key in non_string:
+        problems.append(format_problem(path, line_for(positions, (key,)), str(key), "keys must be strings."))
+    if problems:
+        raise ConfigError(problems)
+
+    plugin_sections = _plugin_section_models(registry)
+    core_data = {key: value for key, value in data.items() if key in CORE_KEYS}
+    for key in data:
+        if key in CORE_KEYS or key in plugin_sections:
+            continue
+        allowed = list(CORE_KEYS) + list(plugin_sections)
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        problems.append(
+            format_problem(
+                path,
+                line_for(positions, (key,)),
+                key,
+                f"unknown section {key!r}.{hint} Valid sections: {', '.join(sorted(allowed))}.",
+            )
+        )
+
+    core = _validate(CoreConfig, core_data, (), path, positions, problems)
+    sections: dict[str, Any] = {}
+    if core is not None:
+        _check_plugin_names(core, registry, path, positions, problems)
+        for name in _active_sections(core, registry):
+            model = plugin_sections.get(name)
+            if model is None:
+                continue
+            section_data = data.get(name)
+            if section_data is None:
+                section_data = {}
+            value = _validate(model, section_data, (name,), path, positions, problems)
+            if value is not None:
+                sections[name] = value
+        for name in data:
+            if name in plugin_sections and name not in _active_sections(core, registry):
+                problems.append(
+                    format_problem(
+                        path,
+                        line_for(positions, (name,)),
+                        name,
+                        f"section {name!r} belongs to a plugin this study does not use "
+                        f"(test_type {core.test_type!r}, recruiter {core.recruiter!r}, "
+                        f"steps {core.flow.steps}). Remove it or use that plugin.",
+                    )
+                )
+    if problems:
+        raise ConfigError(problems)
+    return StudyConfig(path=path, core=core, sections=sections, raw=data, text=text, positions=positions)
+
+
+def _plugin_section_models(registry: Registry) -> dict[str, type[BaseModel]]:
+    models: dict[str, type[BaseModel]] = {}
+    for group in (registry.test_types, registry.recruiters, registry.flow_steps):
+        for name, obj in group.items():
+            if obj.config_model is not None and name not in CORE_KEYS:
+                models[name] = obj.config_model
+    return models
+
+
+def _active_sections(core: CoreConfig, registry: Registry) -> list[str]:
+    return [core.test_type, core.recruiter, *core.flow.steps]
+
+
+def _check_plugin_names(
+    core: CoreConfig,
+    registry: Registry,
+    path: Path,
+    positions: dict[tuple[Any, ...], int],
+    problems: list[str],
+) -> None:
+    checks = [
+        ("test_type", core.test_type, registry.test_types),
+        ("recruiter", core.recruiter, registry.recruiters),
+    ]
+    for key, value, known in checks:
+        if value not in known:
+            close = difflib.get_close_matches(value, list(known), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            problems.append(
+                format_problem(
+                    path,
+                    line_for(positions, (key,)),
+                    key,
+                    f"unknown {key.replace('_', ' ')} {value!r}.{hint} Loaded: "
+                    f"{', '.join(sorted(known)) or 'none'}.",
+                )
+            )
+    for index, step in enumerate(core.flow.steps):
+        if step in CORE_STEPS or step in registry.flow_steps:
+            continue
+        known_steps = list(CORE_STEPS) + list(registry.flow_steps)
+        close = difflib.get_close_matches(step, known_steps, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        problems.append(
+            format_problem(
+                path,
+                line_for(positions, ("flow", "steps", index)),
+                f"flow.steps[{index}]",
+                f"unknown step {step!r}.{hint} Available steps: {', '.join(known_steps)}.",
+            )
+        )

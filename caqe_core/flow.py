@@ -1,0 +1,122 @@
+"""The participant flow: steps, their order and where a participant stands.
+
+The state lives in the database (``Participant.step``), so a reload renders
+the same step and a request for any other step is sent back to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from caqe_core.models import Experiment, Participant, Reservation, utcnow
+from caqe_core.study import Study
+
+logger = logging.getLogger(__name__)
+
+DONE = "done"
+
+
+def step_order(study: Study) -> list[str]:
+    return [*study.config.core.flow.steps, DONE]
+
+
+def start_participant(
+    session_factory: sessionmaker[Session],
+    study: Study,
+    recruiter: str,
+    external_id: str | None = None,
+    external_data: dict[str, Any] | None = None,
+) -> Participant:
+    """Create a participant at the first step and fire ``participant_started``."""
+    with session_factory() as session, session.begin():
+        session.execute(
+            update(Experiment)
+            .where(Experiment.id == study.experiment_id)
+            .values(participant_counter=Experiment.participant_counter + 1)
+        )
+        sequence = session.scalar(
+            select(Experiment.participant_counter).where(Experiment.id == study.experiment_id)
+        )
+        participant = Participant(
+            experiment_id=study.experiment_id,
+            public_id=secrets.token_urlsafe(18),
+            sequence=(sequence or 1) - 1,
+            recruiter=recruiter,
+            external_id=external_id,
+            external_data=external_data or {},
+            status="active",
+            step=step_order(study)[0],
+        )
+        session.add(participant)
+        session.flush()
+        _skip_steps(session, study, participant)
+    logger.info(
+        "Participant %s started experiment %s (recruiter %s)",
+        participant.id,
+        study.name,
+        recruiter,
+    )
+    with session_factory() as session, session.begin():
+        participant = session.get(Participant, participant.id)
+        experiment = session.get(Experiment, study.experiment_id)
+        study.registry.hook.participant_started(
+            participant=participant, experiment=experiment, session=session
+        )
+        session.expunge(participant)
+    return participant
+
+
+def _skip_steps(session: Session, study: Study, participant: Participant) -> None:
+    """Move past steps the participant need not do (training without a page, returning workers)."""
+    order = step_order(study)
+    recruiter = study.recruiter
+    while participant.step != DONE:
+        step = participant.step
+        skip = False
+        if step == "training" and not study.test_type_has_training():
+            skip = True
+        flow_step = study.registry.flow_steps.get(step)
+        if flow_step is not None and flow_step.one_time:
+            skip = recruiter.skip_step(participant, step, session, study.config)
+        if not skip:
+            return
+        participant.step = order[order.index(step) + 1]
+
+
+def advance(session: Session, study: Study, participant: Participant) -> None:
+    """Move the participant to the next step that applies."""
+    order = step_order(study)
+    participant.step = order[order.index(participant.step) + 1]
+    _skip_steps(session, study, participant)
+    if participant.step == DONE and participant.status == "active":
+        participant.status = "completed"
+        participant.finished_at = utcnow()
+
+
+def end_session(participant: Participant, status: str) -> None:
+    participant.status = status
+    participant.step = DONE
+    participant.finished_at = utcnow()
+
+
+def notify_finished(session_factory: sessionmaker[Session], study: Study, participant_id: int) -> None:
+    with session_factory() as session, session.begin():
+        participant = session.get(Participant, participant_id)
+        experiment = session.get(Experiment, study.experiment_id)
+        study.registry.hook.participant_finished(
+            participant=participant, experiment=experiment, session=session
+        )
+    logger.info("Participant %s finished with status %s", participant_id, participant.status if participant else "?")
+
+
+def pending_reservations(session: Session, participant_id: int) -> int:
+    return session.scalar(
+        select(func.count())
+        .select_from(Reservation)
+        .where(Reservation.participant_id == participant_id, Reservation.status == "active")
+    ) or 0

@@ -1,0 +1,393 @@
+"""Participant pages: the flow's steps and the trial response API."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from typing import Any
+
+from flask import Blueprint, abort, redirect, request, url_for
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from caqe_core.assignment import completed_count, ensure_reservations
+from caqe_core.extension import CompletionPage, ResponseError, StepPage, TrialPage
+from caqe_core.flow import DONE, advance, end_session, notify_finished
+from caqe_core.models import (
+    Experiment,
+    ListeningEvent,
+    Participant,
+    Reservation,
+    ScreeningResult,
+    Trial,
+    utcnow,
+)
+from caqe_core.web import (
+    check_csrf,
+    csrf_token,
+    current_study,
+    db_session,
+    decode_participant_token,
+    json_error,
+    participant_token,
+    state,
+)
+from caqe_core.web.audio import asset_url, stimulus_url
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("participant", __name__)
+
+MAX_EVENTS = 5000
+IDEMPOTENCY_KEY_LENGTH = (8, 100)
+
+
+@bp.get("/")
+def index() -> Any:
+    recruiter = current_study().recruiter
+    return redirect(url_for(recruiter.entry_endpoint))
+
+
+def participant_url(participant: Participant) -> str:
+    return url_for("participant.page", token=participant_token(participant.public_id))
+
+
+def _load_participant(token: str) -> Participant | None:
+    public_id = decode_participant_token(token)
+    if public_id is None:
+        return None
+    return db_session().scalar(
+        select(Participant).where(
+            Participant.public_id == public_id,
+            Participant.experiment_id == current_study().experiment_id,
+        )
+    )
+
+
+def _participant_or_404(token: str) -> Participant:
+    participant = _load_participant(token)
+    if participant is None:
+        abort(404, "This link is not valid. Open the study from the link you were given.")
+    return participant
+
+
+@bp.get("/p/<token>/")
+def page(token: str) -> Any:
+    participant = _participant_or_404(token)
+    study = current_study()
+    if participant.step == DONE:
+        return _render_completion(participant)
+    if participant.step == "trials":
+        return _render_trial(token, participant)
+    if participant.step == "training":
+        return _render_training(token, participant)
+    step = study.registry.flow_steps[participant.step]
+    return step.render(_step_page(token, participant))
+
+
+@bp.post("/p/<token>/step/<step_name>")
+def submit_step(token: str, step_name: str) -> Any:
+    participant = _participant_or_404(token)
+    if not check_csrf(participant.public_id, request.form.get("csrf_token")):
+        abort(403, "The form has expired or was not sent by this study's page. Reload the page.")
+    if step_name != participant.step:
+        # A form from an earlier or later step (back button, second tab): show the current step.
+        return redirect(participant_url(participant), code=303)
+    study = current_study()
+    session = db_session()
+    if step_name == "training":
+        advance(session, study, participant)
+        session.commit()
+        return redirect(participant_url(participant), code=303)
+    if step_name == "trials":
+        return redirect(participant_url(participant), code=303)
+
+    flow_step = study.registry.flow_steps[step_name]
+    step_page = _step_page(token, participant)
+    outcome = flow_step.submit(step_page, request.form)
+    if outcome.passed is not None or (outcome.data and flow_step.name != "pre_survey"):
+        session.add(
+            ScreeningResult(
+                participant_id=participant.id,
+                step=step_name,
+                attempt=step_page.attempt + 1,
+                passed=outcome.passed,
+                data=outcome.data,
+            )
+        )
+    if outcome.flag and outcome.flag not in participant.flags:
+        participant.flags = [*participant.flags, outcome.flag]
+    if not outcome.done:
+        session.commit()
+        html = flow_step.render(_step_page(token, participant), request.form, outcome.errors)
+        return html, 422
+    if outcome.end_session:
+        end_session(participant, "screened_out")
+        logger.info("Participant %s screened out at step %s", participant.id, step_name)
+    else:
+        advance(session, study, participant)
+    finished = participant.step == DONE
+    session.commit()
+    if finished:
+        notify_finished(state().session_factory, study, participant.id)
+    return redirect(participant_url(participant), code=303)
+
+
+def _step_page(token: str, participant: Participant) -> StepPage:
+    study = current_study()
+    session = db_session()
+    attempts = session.scalars(
+        select(ScreeningResult.id).where(
+            ScreeningResult.participant_id == participant.id,
+            ScreeningResult.step == participant.step,
+        )
+    ).all()
+    return StepPage(
+        participant=participant,
+        section=study.config.section(participant.step),
+        config=study.config,
+        submit_url=url_for("participant.submit_step", token=token, step_name=participant.step),
+        csrf_token=csrf_token(participant.public_id),
+        attempt=len(attempts),
+        audio_url=lambda path, role="screening": asset_url(session, participant, path, role),
+        session=session,
+    )
+
+
+def _signal_urls(participant: Participant, condition: Any, plan: dict[str, Any]) -> dict[str, str]:
+    return {
+        signal["id"]: stimulus_url(participant.id, condition.stimuli[signal["stimulus"]].id)
+        for signal in plan["signals"]
+    }
+
+
+def _trial_page(token: str, participant: Participant, reservation: Reservation, position: int, total: int) -> TrialPage:
+    study = current_study()
+    condition = study.conditions[reservation.condition_id]
+    return TrialPage(
+        condition=condition,
+        plan=reservation.plan,
+        signal_urls=_signal_urls(participant, condition, reservation.plan),
+        submit_url=url_for("participant.submit_trial", token=token, reservation_id=reservation.public_id),
+        csrf_token=csrf_token(participant.public_id),
+        position=position,
+        total=total,
+        section=study.config.test_type_section,
+        study_title=study.config.core.experiment.title,
+    )
+
+
+def _render_trial(token: str, participant: Participant) -> Any:
+    study = current_study()
+    reservations = ensure_reservations(state().session_factory, study, participant.id)
+    session = db_session()
+    done = completed_count(session, participant.id)
+    if not reservations:
+        if done == 0:
+            end_session(participant, "no_work")
+            logger.info("Participant %s found no work left in %s", participant.id, study.name)
+        else:
+            advance(session, study, participant)
+        finished = participant.step == DONE
+        session.commit()
+        if finished:
+            notify_finished(state().session_factory, study, participant.id)
+        return redirect(participant_url(participant), code=303)
+    reservation = session.get(Reservation, reservations[0].id)
+    if reservation.first_served_at is None:
+        reservation.first_served_at = utcnow()
+        session.commit()
+    page_data = _trial_page(token, participant, reservation, done, done + len(reservations))
+    return study.test_type.render_trial(page_data)
+
+
+def _render_training(token: str, participant: Participant) -> Any:
+    study = current_study()
+    condition = next(iter(study.conditions.values()))
+    rng = random.Random(f"{study.config.core.experiment.seed}:{participant.public_id}:training")
+    plan = study.test_type.plan_trial(condition, rng)
+    page_data = TrialPage(
+        condition=condition,
+        plan=plan,
+        signal_urls=_signal_urls(participant, condition, plan),
+        submit_url="",
+        csrf_token=csrf_token(participant.public_id),
+        position=0,
+        total=0,
+        section=study.config.test_type_section,
+        study_title=study.config.core.experiment.title,
+        training=True,
+        continue_url=url_for("participant.submit_step", token=token, step_name="training"),
+    )
+    return study.test_type.render_training(page_data)
+
+
+def _render_completion(participant: Participant) -> Any:
+    study = current_study()
+    section = study.config.section(study.config.core.recruiter)
+    reason = None if participant.status == "completed" else participant.status
+    return study.recruiter.render_completion(
+        CompletionPage(
+            participant=participant,
+            section=section,
+            config=study.config,
+            completed=participant.status == "completed",
+            reason=reason,
+            session=db_session(),
+        )
+    )
+
+
+@bp.post("/api/p/<token>/trials/<reservation_id>")
+def submit_trial(token: str, reservation_id: str) -> Any:
+    """Store one trial response; replaying the same idempotency key returns the same acknowledgement."""
+    participant = _load_participant(token)
+    if participant is None:
+        return json_error(404, "Unknown participant token.", "token")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        return json_error(400, "The request body must be a JSON object.", "body")
+    if not check_csrf(participant.public_id, request.headers.get("X-CAQE-CSRF")):
+        return json_error(403, "Missing or invalid X-CAQE-CSRF header. Reload the page.", "X-CAQE-CSRF")
+    key = body.get("idempotency_key")
+    low, high = IDEMPOTENCY_KEY_LENGTH
+    if not isinstance(key, str) or not low <= len(key) <= high:
+        return json_error(400, f"idempotency_key must be a string of {low} to {high} characters.", "idempotency_key")
+
+    session = db_session()
+    replay = session.scalar(
+        select(Trial).where(Trial.participant_id == participant.id, Trial.idempotency_key == key)
+    )
+    if replay is not None:
+        return replay.acknowledgement
+
+    reservation = session.scalar(select(Reservation).where(Reservation.public_id == reservation_id))
+    if reservation is None:
+        return json_error(404, f"Unknown trial {reservation_id!r}.", "trial")
+    if reservation.participant_id != participant.id:
+        logger.warning(
+            "Participant %s posted a response for reservation %s of another participant",
+            participant.id,
+            reservation.id,
+        )
+        return json_error(403, "This trial is not assigned to you.", "trial")
+    if reservation.status == "completed":
+        return json_error(409, "This trial was already answered with another idempotency_key.", "trial")
+
+    study = current_study()
+    done = completed_count(session, participant.id)
+    page_data = _trial_page(token, participant, reservation, done, done + 1)
+    try:
+        cleaned = study.test_type.validate_response(page_data, body.get("response"))
+        events = _validate_events(body.get("events", []), reservation.plan, study.test_type.event_types)
+        time_on_page = _validate_time(body.get("time_on_page_ms"))
+    except ResponseError as error:
+        logger.info("Rejected response of participant %s for reservation %s: %s", participant.id, reservation.id, error)
+        return json_error(422, error.message, error.field)
+
+    acknowledgement = {
+        "stored": True,
+        "trial": reservation.public_id,
+        "next": url_for("participant.page", token=token),
+    }
+    trial = Trial(
+        reservation_id=reservation.id,
+        participant_id=participant.id,
+        condition_id=reservation.condition_id,
+        idempotency_key=key,
+        response=cleaned,
+        acknowledgement=acknowledgement,
+        time_on_page_ms=time_on_page,
+    )
+    session.add(trial)
+    if reservation.status == "expired":
+        logger.info("Accepting a late response for expired reservation %s", reservation.id)
+    reservation.status = "completed"
+    reservation.completed_at = utcnow()
+    try:
+        session.flush()
+        signals = {signal["id"]: signal["stimulus"] for signal in reservation.plan["signals"]}
+        for sequence, event in enumerate(events):
+            session.add(
+                ListeningEvent(
+                    trial_id=trial.id,
+                    participant_id=participant.id,
+                    sequence=sequence,
+                    type=event["type"],
+                    time_ms=event["time"],
+                    position=event.get("position"),
+                    signal=event.get("to") or event.get("signal"),
+                    stimulus_key=signals.get(event.get("to") or event.get("signal")),
+                    data={key: value for key, value in event.items() if key not in ("type", "time", "position")},
+                )
+            )
+        session.commit()
+    except IntegrityError:
+        # A concurrent replay of the same submission won the race; answer as it did.
+        session.rollback()
+        existing = session.scalar(
+            select(Trial).where(Trial.participant_id == participant.id, Trial.idempotency_key == key)
+        )
+        if existing is not None:
+            return existing.acknowledgement
+        return json_error(409, "This trial was already answered.", "trial")
+    logger.info("Stored trial %s of participant %s (condition %s)", trial.id, participant.id, reservation.condition_id)
+    experiment = session.get(Experiment, study.experiment_id)
+    study.registry.hook.trial_stored(trial=trial, participant=participant, experiment=experiment, session=session)
+    session.commit()
+    return acknowledgement
+
+
+def _validate_events(events: Any, plan: dict[str, Any], allowed: frozenset[str]) -> list[dict[str, Any]]:
+    if not isinstance(events, list):
+        raise ResponseError("events", "must be a list of event objects.")
+    if len(events) > MAX_EVENTS:
+        raise ResponseError("events", f"at most {MAX_EVENTS} events are accepted per trial.")
+    labels = {signal["id"] for signal in plan["signals"]} | {None}
+    cleaned = []
+    for index, event in enumerate(events):
+        where = f"events[{index}]"
+        if not isinstance(event, dict):
+            raise ResponseError(where, "must be an object.")
+        if event.get("type") not in allowed:
+            raise ResponseError(f"{where}.type", f"must be one of {', '.join(sorted(allowed))}.")
+        time = event.get("time")
+        if not _is_number(time) or time < 0:
+            raise ResponseError(f"{where}.time", "must be a non-negative number of milliseconds.")
+        position = event.get("position")
+        if position is not None and (not _is_number(position) or position < 0):
+            raise ResponseError(f"{where}.position", "must be a non-negative number of seconds.")
+        for field in ("from", "to", "signal"):
+            if event.get(field) not in labels:
+                raise ResponseError(f"{where}.{field}", "names no signal of this trial.")
+        extra = {key: value for key, value in event.items() if _is_scalar(value)}
+        if len(extra) > 20:
+            raise ResponseError(where, "has too many fields.")
+        cleaned.append(extra)
+    return cleaned
+
+
+def _validate_time(value: Any) -> float | None:
+    if value is None:
+        return None
+    if not _is_number(value) or value < 0:
+        raise ResponseError("time_on_page_ms", "must be a non-negative number.")
+    return float(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, bool)) or _is_number(value)
+
+
+@bp.get("/api/p/<token>/state")
+def participant_state(token: str) -> Any:
+    participant = _load_participant(token)
+    if participant is None:
+        return json_error(404, "Unknown participant token.", "token")
+    return {"step": participant.step, "status": participant.status, "next": url_for("participant.page", token=token)}
+
