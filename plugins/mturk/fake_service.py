@@ -794,8 +794,9 @@ class FakeMTurk:
     def client(self, config: Config | None = None) -> Any:
         """Return a real boto3 MTurk client for this fake, with dummy credentials.
 
-        ``config`` is passed to boto3 unchanged, for example
-        ``Config(retries={"mode": "standard", "max_attempts": 1})``.
+        ``config`` is passed to boto3 unchanged. For one attempt per call, use
+        ``Config(retries={"mode": "standard", "total_max_attempts": 1})``:
+        botocore's ``max_attempts`` counts retries, not attempts.
         """
         session = boto3.session.Session()
         return session.client(
