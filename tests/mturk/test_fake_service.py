@@ -427,6 +427,19 @@ def test_assignment_deadline_abandons(fake_mturk, mturk_client):
         fake_mturk.simulate_submit(assignment_id, {"rating": "10"})
 
 
+def test_list_reviewable_hits(fake_mturk, mturk_client):
+    done_hit = create_hit(mturk_client)["HITId"]
+    open_hit = create_hit(mturk_client)["HITId"]
+    fake_mturk.simulate_work(done_hit, WORKER, {"rating": "60"})
+
+    reviewable = mturk_client.list_reviewable_hits()["HITs"]
+    reviewing = mturk_client.list_reviewable_hits(Status="Reviewing")["HITs"]
+
+    assert [hit["HITId"] for hit in reviewable] == [done_hit]
+    assert open_hit not in [hit["HITId"] for hit in reviewable]
+    assert reviewing == []
+
+
 # ------------------------------------------------------------------ DeleteHIT
 
 
