@@ -467,7 +467,13 @@ def make_separation_set(
 
 
 def find_items(source: Path) -> list[Path]:
-    """Return the item folders of ``source``: those holding every stem."""
+    """Return the item folders of ``source``: those containing every stem."""
+    if not source.is_dir():
+        raise FileNotFoundError(
+            f"Source folder not found: {source}. Pass --source with a folder "
+            "that contains one subfolder per item."
+        )
+
     needed = ("mixture", *STEMS)
     items = sorted(
         path
@@ -521,7 +527,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--source",
         type=Path,
         required=True,
-        help="folder with one subfolder per item, each holding mixture.flac "
+        help="folder with one subfolder per item, each containing mixture.flac "
         "and the stems soprano, alto, tenor, bass and drums (.flac)",
     )
     parser.add_argument(
@@ -556,8 +562,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{2 * FADE_S} seconds."
         )
 
+    try:
+        items = find_items(args.source)
+    except FileNotFoundError as error:
+        raise SystemExit(str(error)) from None
+
     rows: list[dict[str, object]] = []
-    for item_dir in find_items(args.source):
+    for item_dir in items:
         out_dir = args.out / item_dir.name
         rows.extend(make_codec_set(item_dir, out_dir, args.duration))
         rows.extend(make_separation_set(item_dir, out_dir, args.duration, args.target))
