@@ -1,0 +1,368 @@
+"""Tests of the audio engine and the timeline in Debian's Chromium.
+
+The fidelity tests render the engine's output in an OfflineAudioContext and
+compare it with the output computed here from the same signals: each pass over
+the timeline, the raised-cosine fades and the context frames that the engine
+reports.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from scipy import signal
+
+pytestmark = pytest.mark.browser
+
+RATE = 48_000
+FADE_MS = 5
+FADE = round(FADE_MS * RATE / 1000)
+TOLERANCE = 1e-3
+
+# Runs commands at context frames of an OfflineAudioContext and returns the
+# rendered output (float32, base64) with the engine's events. A command list
+# at frame 0 runs before rendering starts, the others inside ctx.suspend().
+RENDER_SCRIPT = """
+async ({ items, length, rate, fadeMs, steps }) => {
+  const { AudioEngine } = window.caqe;
+  const context = new OfflineAudioContext(1, length, rate);
+  const engine = new AudioEngine({ fadeMs, context });
+  await engine.load(items);
+  const suspendedAt = [];
+  const run = (calls) => {
+    for (const [method, ...args] of calls) engine[method](...args);
+  };
+  for (const { frame, calls } of steps) {
+    if (frame === 0) {
+      run(calls);
+      continue;
+    }
+    context.suspend(frame / rate).then(() => {
+      suspendedAt.push(Math.round(context.currentTime * rate));
+      run(calls);
+      context.resume();
+    });
+  }
+  const rendered = await context.startRendering();
+  const bytes = new Uint8Array(rendered.getChannelData(0).buffer);
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return {
+    samples: btoa(binary),
+    events: engine.events,
+    suspendedAt,
+    fadeFrames: engine.fadeFrames,
+    playing: engine.playing,
+    position: engine.position,
+  };
+}
+"""
+
+
+@dataclass
+class Pass:
+    """One pass over the timeline: context frames [start, end) play from `offset`."""
+
+    start: int
+    offset: int
+    end: int
+
+
+def fade_in(frames: int = FADE) -> np.ndarray:
+    """Rising half of a Hann window: 0.5 * (1 - cos(pi * n / (frames - 1)))."""
+    return signal.windows.hann(2 * frames - 1)[:frames]
+
+
+def gain_curve(length: int, initial: float, fades: list[tuple[int, str]]) -> np.ndarray:
+    """Gain per frame that starts at `initial` and fades "in" or "out" at frames."""
+    gain = np.full(length, initial)
+    for frame, direction in sorted(fades):
+        curve = fade_in() if direction == "in" else fade_in()[::-1]
+        segment = gain[frame : frame + FADE]
+        gain[frame : frame + FADE] = curve[: len(segment)]
+        gain[frame + FADE :] = 1.0 if direction == "in" else 0.0
+    return gain
+
+
+def ideal_output(
+    signals: dict[str, np.ndarray],
+    length: int,
+    passes: list[Pass],
+    transport: np.ndarray,
+    selection: dict[str, np.ndarray],
+) -> np.ndarray:
+    """Mix the selected signals pass by pass and apply the transport gain."""
+    output = np.zeros(length)
+    for current in passes:
+        frames = np.arange(current.start, min(current.end, length))
+        positions = current.offset + frames - current.start
+        for stimulus_id, samples in signals.items():
+            output[frames] += selection[stimulus_id][frames] * samples[positions]
+    return output * transport
+
+
+def best_lag(output: np.ndarray, source: np.ndarray, source_start: int, max_lag: int) -> int:
+    """Lag of `output` against `source[source_start:]` at the cross-correlation peak."""
+    reference = source[source_start - max_lag : source_start + len(output) + max_lag]
+    correlation = signal.correlate(reference, output, mode="valid")
+    lags = signal.correlation_lags(len(reference), len(output), mode="valid") - max_lag
+    return int(lags[np.argmax(correlation)])
+
+
+def sinusoid_phase(output: np.ndarray, first_position: int, frequency: float) -> float:
+    """Phase in radians of a sinusoid fitted to `output` on the timeline positions."""
+    positions = first_position + np.arange(len(output))
+    angle = 2 * np.pi * frequency * positions / RATE
+    basis = np.column_stack([np.sin(angle), np.cos(angle)])
+    (sin_weight, cos_weight), *_ = np.linalg.lstsq(basis, output, rcond=None)
+    return float(np.arctan2(cos_weight, sin_weight))
+
+
+def tone(frequency: float, seconds: float, phase: float = 0.0, amplitude: float = 0.5):
+    t = np.arange(round(seconds * RATE)) / RATE
+    return (amplitude * np.sin(2 * np.pi * frequency * t + phase)).astype(np.float32)
+
+
+def noise(seconds: float, seed: int, amplitude: float = 0.25) -> np.ndarray:
+    generator = np.random.default_rng(seed)
+    samples = generator.uniform(-amplitude, amplitude, round(seconds * RATE))
+    return samples.astype(np.float32)
+
+
+def write_wav(directory: Path, name: str, samples: np.ndarray, rate: int = RATE) -> str:
+    """Write a 32-bit float WAV, which decodes without quantisation."""
+    sf.write(directory / name, samples, rate, subtype="FLOAT")
+    return f"/audio/{name}"
+
+
+@pytest.fixture(scope="module")
+def test_signals(static_server) -> dict[str, np.ndarray]:
+    """Two tones and a noise of 3 s, written as WAV files for the server."""
+    signals = {
+        "s1": tone(440.0, 3.0),
+        "s2": tone(1000.0, 3.0, phase=0.3),
+        "s3": noise(3.0, seed=1),
+    }
+    for stimulus_id, samples in signals.items():
+        write_wav(static_server.audio_dir, f"{stimulus_id}.wav", samples)
+    return signals
+
+
+def items_for(signals: dict[str, np.ndarray]) -> list[dict[str, str]]:
+    return [{"id": key, "url": f"/audio/{key}.wav"} for key in signals]
+
+
+def render(page, signals, length: int, steps: list[dict]) -> dict:
+    result = page.evaluate(
+        RENDER_SCRIPT,
+        {
+            "items": items_for(signals),
+            "length": length,
+            "rate": RATE,
+            "fadeMs": FADE_MS,
+            "steps": steps,
+        },
+    )
+    result["samples"] = np.frombuffer(base64.b64decode(result["samples"]), dtype="<f4")
+    return result
+
+
+def frames_of(events: list[dict], event_type: str) -> list[int]:
+    """Context frames of the events of one type."""
+    return [round(e["contextTime"] * RATE) for e in events if e["type"] == event_type]
+
+
+# --- fidelity -----------------------------------------------------------------
+
+
+def test_switch_while_playing_matches_ideal(page, test_signals):
+    length = round(1.5 * RATE)
+    steps = [
+        {"frame": 0, "calls": [["play"]]},
+        {"frame": round(0.5 * RATE), "calls": [["select", "s2"]]},
+        {"frame": round(0.9 * RATE), "calls": [["select", "s3"]]},
+        # Two switches in one go: the second waits for the first to finish.
+        {"frame": round(1.2 * RATE), "calls": [["select", "s1"], ["select", "s2"]]},
+    ]
+    result = render(page, test_signals, length, steps)
+    output = result["samples"]
+    first, second, third = result["suspendedAt"]
+
+    assert result["fadeFrames"] == FADE
+    assert frames_of(result["events"], "play") == [0]
+    switches = [e for e in result["events"] if e["type"] == "switch"]
+    assert [(e["from"], e["to"]) for e in switches] == [
+        ("s1", "s2"),
+        ("s2", "s3"),
+        ("s3", "s1"),
+        ("s1", "s2"),
+    ]
+    assert frames_of(switches, "switch") == [first, second, third, third + 2 * FADE]
+    assert switches[0]["position"] == pytest.approx(first / RATE)
+
+    selection = {
+        "s1": gain_curve(length, 1.0, [(first, "out"), (third + FADE, "in"), (third + 2 * FADE, "out")]),
+        "s2": gain_curve(length, 0.0, [(first + FADE, "in"), (second, "out"), (third + 3 * FADE, "in")]),
+        "s3": gain_curve(length, 0.0, [(second + FADE, "in"), (third, "out")]),
+    }
+    transport = gain_curve(length, 0.0, [(0, "in")])
+    expected = ideal_output(test_signals, length, [Pass(0, 0, 3 * RATE)], transport, selection)
+
+    assert np.max(np.abs(output - expected)) <= TOLERANCE
+    # The old stimulus is silent at the last frame of its fade-out and the new
+    # one at the first frame of its fade-in: two zero frames, exactly there.
+    assert output[first + FADE - 2] != 0.0
+    assert abs(output[first + FADE - 1]) < 1e-6
+    assert abs(output[first + FADE]) < 1e-6
+    # The noise plays in step with the timeline: no dropped or repeated frame.
+    noise_start = second + 2 * FADE
+    lag = best_lag(output[noise_start:third], test_signals["s3"], noise_start, max_lag=50)
+    assert lag == 0
+    # The 1 kHz tone continues with its own phase after the switch.
+    tone_start = first + 2 * FADE
+    measured = sinusoid_phase(output[tone_start:second], tone_start, 1000.0)
+    assert measured == pytest.approx(0.3, abs=1e-3)
+
+
+def test_loop_boundary_matches_ideal(page, test_signals):
+    length = 2 * RATE
+    loop_start, loop_end = round(0.25 * RATE), round(0.85 * RATE)
+    loop_length = loop_end - loop_start
+    steps = [
+        {"frame": 0, "calls": [["setLoop", 0.25, 0.85], ["play"]]},
+        {"frame": round(0.7 * RATE), "calls": [["select", "s3"]]},
+    ]
+    result = render(page, test_signals, length, steps)
+    output = result["samples"]
+    (switch_frame,) = result["suspendedAt"]
+
+    boundaries = [loop_length * k for k in range(1, 4)]
+    loops = [e for e in result["events"] if e["type"] == "loop"]
+    assert frames_of(loops, "loop") == boundaries
+    assert all(e["position"] == pytest.approx(0.25) for e in loops)
+    assert frames_of(result["events"], "switch") == [switch_frame]
+
+    passes = [Pass(b, loop_start, b + loop_length) for b in [0, *boundaries]]
+    transport_fades = [(0, "in")]
+    for boundary in boundaries:
+        transport_fades += [(boundary - FADE, "out"), (boundary, "in")]
+    transport = gain_curve(length, 0.0, transport_fades)
+    selection = {
+        "s1": gain_curve(length, 1.0, [(switch_frame, "out")]),
+        "s2": np.zeros(length),
+        "s3": gain_curve(length, 0.0, [(switch_frame + FADE, "in")]),
+    }
+    expected = ideal_output(test_signals, length, passes, transport, selection)
+
+    assert np.max(np.abs(output - expected)) <= TOLERANCE
+    # Silent at the last frame before and the first frame after the boundary.
+    boundary = boundaries[1]
+    assert abs(output[boundary - 1]) < 1e-6
+    assert abs(output[boundary]) < 1e-6
+    # After the boundary the noise restarts exactly at the loop start.
+    after = output[boundary + FADE : boundary + FADE + 9600]
+    assert best_lag(after, test_signals["s3"], loop_start + FADE, max_lag=50) == 0
+    # Before the boundary it reaches exactly the loop end.
+    before = output[boundary - FADE - 9600 : boundary - FADE]
+    assert best_lag(before, test_signals["s3"], loop_end - FADE - 9600, max_lag=50) == 0
+
+
+def test_seek_then_stop_matches_ideal(page, test_signals):
+    length = RATE
+    steps = [
+        {"frame": 0, "calls": [["play"]]},
+        {"frame": round(0.3 * RATE), "calls": [["seek", 2.0]]},
+        {"frame": round(0.6 * RATE), "calls": [["stop"]]},
+    ]
+    result = render(page, test_signals, length, steps)
+    output = result["samples"]
+    seek_frame, stop_frame = result["suspendedAt"]
+
+    (seek_event,) = [e for e in result["events"] if e["type"] == "seek"]
+    assert round(seek_event["contextTime"] * RATE) == seek_frame + FADE
+    assert seek_event["position"] == pytest.approx(2.0)
+    (stop_event,) = [e for e in result["events"] if e["type"] == "stop"]
+    assert round(stop_event["contextTime"] * RATE) == stop_frame
+    expected_stop_position = 2.0 + (stop_frame - seek_frame - FADE) / RATE
+    assert stop_event["position"] == pytest.approx(expected_stop_position)
+    assert result["playing"] is False
+    assert result["position"] == 0.0
+
+    passes = [
+        Pass(0, 0, seek_frame + FADE),
+        Pass(seek_frame + FADE, 2 * RATE, stop_frame + FADE),
+    ]
+    transport = gain_curve(
+        length,
+        0.0,
+        [(0, "in"), (seek_frame, "out"), (seek_frame + FADE, "in"), (stop_frame, "out")],
+    )
+    selection = {
+        "s1": np.ones(length),
+        "s2": np.zeros(length),
+        "s3": np.zeros(length),
+    }
+    expected = ideal_output(test_signals, length, passes, transport, selection)
+
+    assert np.max(np.abs(output - expected)) <= TOLERANCE
+    assert np.all(output[stop_frame + FADE - 1 :] == 0.0)
+    measured = sinusoid_phase(
+        output[seek_frame + 2 * FADE : stop_frame], 2 * RATE + FADE, 440.0
+    )
+    assert measured == pytest.approx(0.0, abs=1e-3)
+
+
+def test_loop_change_while_playing_keeps_position(page, test_signals):
+    # The loop is set while the position is inside it, so playback continues,
+    # then it is cleared inside the second pass, so that pass runs to the end.
+    length = 2 * RATE
+    steps = [
+        {"frame": 0, "calls": [["play"]]},
+        {"frame": round(0.3 * RATE), "calls": [["setLoop", 0.2, 0.9]]},
+        {"frame": round(1.2 * RATE), "calls": [["clearLoop"]]},
+    ]
+    result = render(page, test_signals, length, steps)
+    output = result["samples"]
+    set_frame, clear_frame = result["suspendedAt"]
+
+    loop_start, loop_end = round(0.2 * RATE), round(0.9 * RATE)
+    assert frames_of(result["events"], "loop") == [loop_end]
+    loop_sets = [e for e in result["events"] if e["type"] == "loop-set"]
+    assert [(e["start"], e["end"]) for e in loop_sets] == [(0.2, 0.9), (None, None)]
+    assert loop_sets[0]["position"] == pytest.approx(set_frame / RATE)
+    assert round(loop_sets[1]["contextTime"] * RATE) == clear_frame
+
+    passes = [Pass(0, 0, loop_end), Pass(loop_end, loop_start, loop_end + 3 * RATE - loop_start)]
+    transport = gain_curve(length, 0.0, [(0, "in"), (loop_end - FADE, "out"), (loop_end, "in")])
+    selection = {"s1": np.ones(length), "s2": np.zeros(length), "s3": np.zeros(length)}
+    expected = ideal_output(test_signals, length, passes, transport, selection)
+
+    assert np.max(np.abs(output - expected)) <= TOLERANCE
+
+
+def test_end_of_stimuli_stops_playback(page, static_server):
+    signals = {"short": tone(300.0, 0.5)}
+    write_wav(static_server.audio_dir, "short.wav", signals["short"])
+    length = RATE
+    result = render(page, signals, length, [{"frame": 0, "calls": [["play"]]}])
+    output = result["samples"]
+    end = len(signals["short"])
+
+    (stop_event,) = [e for e in result["events"] if e["type"] == "stop"]
+    assert stop_event["reason"] == "end"
+    assert round(stop_event["contextTime"] * RATE) == end
+    assert result["playing"] is False
+
+    transport = gain_curve(length, 0.0, [(0, "in"), (end - FADE, "out")])
+    expected = ideal_output(
+        signals, length, [Pass(0, 0, end)], transport, {"short": np.ones(length)}
+    )
+    assert np.max(np.abs(output - expected)) <= TOLERANCE
+    assert np.all(output[end - 1 :] == 0.0)
