@@ -366,3 +366,310 @@ def test_end_of_stimuli_stops_playback(page, static_server):
     )
     assert np.max(np.abs(output - expected)) <= TOLERANCE
     assert np.all(output[end - 1 :] == 0.0)
+
+
+# --- loading --------------------------------------------------------------------
+
+LOAD_SCRIPT = """
+async ({ items, checkAfterMs }) => {
+  const engine = new window.caqe.AudioEngine();
+  const progress = [];
+  let settled = false;
+  const readyWhileLoading = new Promise((resolve) => {
+    setTimeout(() => resolve({ ready: engine.ready, settled }), checkAfterMs);
+  });
+  try {
+    await engine.load(items, (loaded, total) => progress.push([loaded, total]));
+    settled = true;
+    return {
+      ok: true,
+      progress,
+      early: await readyWhileLoading,
+      ready: engine.ready,
+      duration: engine.duration,
+      sampleRate: engine.sampleRate,
+      contextRate: engine.context.sampleRate,
+      lengths: engine.ids.map((id) => engine.getBuffer(id).length),
+      lengthMismatch: engine.lengthMismatch,
+    };
+  } catch (error) {
+    settled = true;
+    return {
+      ok: false,
+      name: error.name,
+      message: error.message,
+      stimulusId: error.stimulusId,
+      ready: engine.ready,
+    };
+  } finally {
+    await engine.close();
+  }
+}
+"""
+
+
+def load_in_page(page, items: list[dict], check_after_ms: int = 0) -> dict:
+    return page.evaluate(LOAD_SCRIPT, {"items": items, "checkAfterMs": check_after_ms})
+
+
+def test_load_waits_for_every_buffer(page, static_server, test_signals):
+    # s3 arrives 800 ms late. At 300 ms load() must still be pending.
+    items = items_for(test_signals)
+    items[2]["url"] += "?delay_ms=800"
+    result = load_in_page(page, items, check_after_ms=300)
+
+    assert result["ok"], result
+    assert result["early"] == {"ready": False, "settled": False}
+    assert result["ready"] is True
+    assert result["progress"] == [[1, 3], [2, 3], [3, 3]]
+    assert result["lengths"] == [3 * RATE] * 3
+    assert result["duration"] == 3.0
+    assert result["lengthMismatch"] is None
+
+
+def test_load_rejects_missing_file(page, test_signals):
+    items = items_for(test_signals) + [{"id": "s404", "url": "/audio/missing-a1b2.wav"}]
+    result = load_in_page(page, items)
+
+    assert result["ok"] is False
+    assert result["name"] == "StimulusLoadError"
+    assert result["stimulusId"] == "s404"
+    assert '"s404"' in result["message"]
+    assert "HTTP 404" in result["message"]
+    assert "missing-a1b2" not in result["message"]
+    assert result["ready"] is False
+
+
+def test_load_rejects_non_audio_file(page, static_server, test_signals):
+    (static_server.audio_dir / "notes.wav").write_text("This is not audio.\n")
+    items = items_for(test_signals) + [{"id": "text", "url": "/audio/notes.wav"}]
+    result = load_in_page(page, items)
+
+    assert result["ok"] is False
+    assert result["stimulusId"] == "text"
+    assert '"text"' in result["message"]
+    assert "decodeAudioData failed" in result["message"]
+
+
+def test_load_uses_shortest_length(page, static_server):
+    write_wav(static_server.audio_dir, "long.wav", tone(440.0, 1.0))
+    write_wav(static_server.audio_dir, "longer.wav", np.concatenate([tone(440.0, 1.0), np.zeros(7, np.float32)]))
+    items = [{"id": "a", "url": "/audio/long.wav"}, {"id": "b", "url": "/audio/longer.wav"}]
+    result = load_in_page(page, items)
+
+    assert result["ok"], result
+    assert result["duration"] == 1.0
+    assert result["lengthMismatch"] == {
+        "shortestFrames": RATE,
+        "longestFrames": RATE + 7,
+        "frames": {"a": RATE, "b": RATE + 7},
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "file_rate", "options", "context_rate"),
+    [
+        ("rate.wav", 96_000, {"subtype": "PCM_24"}, 96_000),
+        ("rate.flac", 96_000, {"subtype": "PCM_24"}, 96_000),
+        ("rate.ogg", 44_100, {"format": "OGG", "subtype": "VORBIS"}, 44_100),
+        ("rate.opus", 24_000, {"format": "OGG", "subtype": "OPUS"}, 48_000),
+        ("rate.mp3", 32_000, {"format": "MP3", "subtype": "MPEG_LAYER_III"}, 32_000),
+    ],
+)
+def test_context_uses_file_sample_rate(
+    page, static_server, name, file_rate, options, context_rate
+):
+    seconds = 1.0
+    samples = 0.3 * np.sin(2 * np.pi * 440 * np.arange(round(seconds * file_rate)) / file_rate)
+    sf.write(static_server.audio_dir / name, samples, file_rate, **options)
+    url = f"/audio/{name}"
+
+    sniffed = page.evaluate(
+        "async (url) => window.caqe.sniffSampleRate(await (await fetch(url)).arrayBuffer())",
+        url,
+    )
+    result = load_in_page(page, [{"id": "x", "url": url}])
+
+    assert sniffed == context_rate
+    assert result["ok"], result
+    assert result["sampleRate"] == context_rate
+    assert result["contextRate"] == context_rate
+    # Lossy codecs add encoder delay and padding, so only the order of magnitude holds.
+    assert result["duration"] == pytest.approx(seconds, abs=0.1)
+
+
+def test_sniff_rejects_unknown_format(page):
+    rate = page.evaluate(
+        "() => window.caqe.sniffSampleRate(new TextEncoder().encode('plain text').buffer)"
+    )
+    assert rate is None
+
+
+# --- events in a running AudioContext -------------------------------------------
+
+EVENTS_SCRIPT = """
+async ({ items }) => {
+  const { AudioEngine } = window.caqe;
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  const received = [];
+  const engine = new AudioEngine({ fadeMs: 5, onEvent: (event) => received.push(event.type) });
+  await engine.load(items);
+  await engine.context.resume();
+
+  engine.setLoop(0, 0.6);
+  engine.play();
+  await sleep(300);
+  engine.select("s2");
+  await sleep(1000);
+  engine.seek(0.3);
+  await sleep(200);
+  engine.stop();
+  await sleep(100);
+  const playedAfterStop = { s1: engine.playedSeconds("s1"), s2: engine.playedSeconds("s2") };
+  await sleep(200);
+  const result = {
+    events: engine.events,
+    received,
+    playedAfterStop,
+    played: {
+      s1: engine.playedSeconds("s1"),
+      s2: engine.playedSeconds("s2"),
+      s3: engine.playedSeconds("s3"),
+    },
+    sampleRate: engine.sampleRate,
+    fadeFrames: engine.fadeFrames,
+    playing: engine.playing,
+  };
+  await engine.close();
+  return result;
+}
+"""
+
+
+def timeline_frame(frame: int, pass_start: int, offset: int, loop: tuple[int, int]) -> int:
+    """Timeline position at context `frame` of a pass that started at `offset`."""
+    loop_start, loop_end = loop
+    position = offset + frame - pass_start
+    while position >= loop_end:
+        position -= loop_end - loop_start
+    return position
+
+
+def test_events_and_played_seconds(page, test_signals):
+    result = page.evaluate(EVENTS_SCRIPT, {"items": items_for(test_signals)})
+    events = result["events"]
+    rate = result["sampleRate"]
+    fade = result["fadeFrames"]
+    by_type = {t: [e for e in events if e["type"] == t] for t in {e["type"] for e in events}}
+
+    assert result["received"] == [e["type"] for e in events]
+    assert result["playing"] is False
+    for event in events:
+        assert event["time"] >= 0
+        assert event["contextTime"] >= 0
+    commands = [e for e in events if e["type"] in {"loop-set", "play", "switch", "seek", "stop"}]
+    assert [e["type"] for e in commands] == ["loop-set", "play", "switch", "seek", "stop"]
+    assert [e["time"] for e in commands] == sorted(e["time"] for e in commands)
+
+    (play,) = by_type["play"]
+    (switch,) = by_type["switch"]
+    (seek,) = by_type["seek"]
+    (stop,) = by_type["stop"]
+    play_frame = round(play["contextTime"] * rate)
+    switch_frame = round(switch["contextTime"] * rate)
+    seek_frame = round(seek["contextTime"] * rate)
+    stop_frame = round(stop["contextTime"] * rate)
+    loop = (0, round(0.6 * rate))
+    seek_offset = round(0.3 * rate)
+    assert play["position"] == 0.0
+    assert (switch["from"], switch["to"]) == ("s1", "s2")
+    assert round(switch["position"] * rate) == timeline_frame(switch_frame, play_frame, 0, loop)
+    assert seek["position"] == pytest.approx(0.3)
+    assert round(stop["position"] * rate) == timeline_frame(
+        stop_frame, seek_frame, seek_offset, loop
+    )
+
+    # Loop boundaries fall exactly one loop length apart, counted from the
+    # play frame and again from the seek.
+    loops = frames_of(events, "loop")
+    before_seek = [frame for frame in loops if frame < seek_frame]
+    after_seek = [frame for frame in loops if frame > seek_frame]
+    assert len(before_seek) >= 1
+    assert before_seek == [play_frame + k * loop[1] for k in range(1, len(before_seek) + 1)]
+    first_after_seek = seek_frame + loop[1] - seek_offset
+    assert after_seek == [first_after_seek + k * loop[1] for k in range(len(after_seek))]
+    assert all(e["position"] == 0.0 for e in by_type["loop"])
+
+    # s1 is audible until the end of its fade-out, s2 from there to the end of
+    # the stop's fade-out, and s3 never.
+    played = result["played"]
+    assert played["s1"] == pytest.approx((switch_frame + fade - play_frame) / rate, abs=1e-9)
+    assert played["s2"] == pytest.approx((stop_frame - switch_frame) / rate, abs=1e-9)
+    assert played["s3"] == 0.0
+    assert result["playedAfterStop"] == {"s1": played["s1"], "s2": played["s2"]}
+
+
+@pytest.mark.parametrize("gesture", ["click", "key"])
+def test_resume_on_gesture(page, test_signals, gesture):
+    state = page.evaluate(
+        """async (items) => {
+          const engine = new window.caqe.AudioEngine();
+          await engine.load(items);
+          await engine.context.suspend();
+          window.resumed = engine.resumeOnGesture(document).then(() => engine.context.state);
+          window.testEngine = engine;
+          return engine.context.state;
+        }""",
+        items_for(test_signals),
+    )
+    page.wait_for_timeout(200)
+    state_before_gesture = page.evaluate("window.testEngine.context.state")
+    if gesture == "click":
+        page.mouse.click(20, 20)
+    else:
+        page.keyboard.press("a")
+    state_after_gesture = page.evaluate("window.resumed")
+
+    assert state == "suspended"
+    assert state_before_gesture == "suspended"
+    assert state_after_gesture == "running"
+    page.evaluate("window.testEngine.close()")
+
+
+def test_commands_before_load_raise(page):
+    messages = page.evaluate(
+        """() => {
+          const engine = new window.caqe.AudioEngine();
+          const messages = [];
+          for (const call of [() => engine.play(), () => engine.select("a"), () => engine.seek(1)]) {
+            try { call(); } catch (error) { messages.push(error.message); }
+          }
+          return messages;
+        }"""
+    )
+    assert messages == [
+        "play() needs the stimuli: await engine.load() first",
+        "select() needs the stimuli: await engine.load() first",
+        "seek() needs the stimuli: await engine.load() first",
+    ]
+
+
+def test_short_loop_raises_range_error(page, test_signals):
+    result = page.evaluate(
+        """async (items) => {
+          const engine = new window.caqe.AudioEngine();
+          await engine.load(items);
+          try {
+            engine.setLoop(1.0, 1.4);
+            return { loop: engine.loop };
+          } catch (error) {
+            return { name: error.name, message: error.message, loop: engine.loop };
+          } finally {
+            await engine.close();
+          }
+        }""",
+        items_for(test_signals),
+    )
+    assert result["name"] == "RangeError"
+    assert "0.5 s" in result["message"]
+    assert result["loop"] is None

@@ -193,7 +193,7 @@ export class Timeline {
     this.#track.addEventListener("keydown", (event) => this.#onKeyDown(event));
     this.#clearButton.addEventListener("click", () => {
       if (this.#engine.ready) this.#engine.clearLoop();
-      this.#track.focus();
+      this.#track.focus({ focusVisible: false });
     });
   }
 
@@ -213,7 +213,8 @@ export class Timeline {
   #onPointerDown(event) {
     if (event.button !== 0 || !this.#engine.ready) return;
     event.preventDefault();
-    this.#track.focus();
+    // Focus for the keyboard commands, without the keyboard focus ring.
+    this.#track.focus({ focusVisible: false });
     this.#track.setPointerCapture(event.pointerId);
 
     const seconds = this.#secondsAt(event.clientX);
