@@ -40,31 +40,48 @@ def lock_experiment(session: Session, experiment_id: int) -> None:
 
 
 def expire_reservations(session: Session, experiment_id: int, now: dt.datetime) -> int:
-    condition_ids = select(Condition.id).where(Condition.experiment_id == experiment_id)
-    result = session.execute(
-        update(Reservation)
+    """Mark overdue reservations expired and give their slots back; call under the lock."""
+    overdue = session.execute(
+        select(Reservation.id, Reservation.condition_id)
+        .join(Condition, Condition.id == Reservation.condition_id)
         .where(
+            Condition.experiment_id == experiment_id,
             Reservation.status == "active",
             Reservation.expires_at < now,
-            Reservation.condition_id.in_(condition_ids),
         )
+    ).all()
+    if not overdue:
+        return 0
+    session.execute(
+        update(Reservation)
+        .where(Reservation.id.in_([row.id for row in overdue]))
         .values(status="expired")
     )
-    return result.rowcount or 0
+    for condition_id, count in Counter(row.condition_id for row in overdue).items():
+        change_load(session, condition_id, -count)
+    return len(overdue)
+
+
+def change_load(session: Session, condition_id: int, delta: int) -> None:
+    session.execute(
+        update(Condition).where(Condition.id == condition_id).values(load=Condition.load + delta)
+    )
 
 
 def condition_load(session: Session, experiment_id: int) -> Counter[int]:
     """Completed plus actively reserved trials per condition id."""
     rows = session.execute(
-        select(Reservation.condition_id, func.count())
-        .join(Condition, Condition.id == Reservation.condition_id)
-        .where(
-            Condition.experiment_id == experiment_id,
-            Reservation.status.in_(("active", "completed")),
-        )
-        .group_by(Reservation.condition_id)
+        select(Condition.id, Condition.load).where(Condition.experiment_id == experiment_id)
     ).all()
-    return Counter({condition_id: count for condition_id, count in rows})
+    return Counter({condition_id: load for condition_id, load in rows})
+
+
+class Assigned(list[Reservation]):
+    """Active reservations in page order, plus how many the participant completed."""
+
+    def __init__(self, active: list[Reservation], completed: int) -> None:
+        super().__init__(active)
+        self.completed = completed
 
 
 def ensure_reservations(
@@ -72,7 +89,7 @@ def ensure_reservations(
     study: Study,
     participant_id: int,
     now: dt.datetime | None = None,
-) -> list[Reservation]:
+) -> Assigned:
     """Give the participant their conditions; return their active reservations in page order.
 
     Expired reservations of this participant are renewed when their
@@ -83,6 +100,10 @@ def ensure_reservations(
     assignment = study.config.core.assignment
     wanted = assignment.conditions_per_participant
     lifetime = dt.timedelta(minutes=assignment.reservation_minutes)
+
+    held = _reservations_in_hand(session_factory, participant_id, wanted, now + lifetime / 2)
+    if held is not None:
+        return held
 
     with session_factory() as session, session.begin():
         lock_experiment(session, study.experiment_id)
@@ -111,6 +132,7 @@ def ensure_reservations(
                 reservation.status = "active"
                 reservation.expires_at = now + lifetime
                 load[reservation.condition_id] += 1
+                change_load(session, reservation.condition_id, 1)
             elif reservation.status == "active" and as_utc(reservation.expires_at) < now + lifetime / 2:
                 reservation.expires_at = now + lifetime
 
@@ -135,6 +157,7 @@ def ensure_reservations(
                     f"{study.config.core.experiment.seed}:{participant.public_id}:{view.key}"
                 )
                 plan = study.test_type.plan_trial(view, plan_rng)
+                change_load(session, condition_id, 1)
                 session.add(
                     Reservation(
                         public_id=secrets.token_urlsafe(12),
@@ -148,14 +171,45 @@ def ensure_reservations(
                     )
                 )
         session.flush()
-        active = session.scalars(
+        mine = session.scalars(
             select(Reservation)
-            .where(Reservation.participant_id == participant_id, Reservation.status == "active")
+            .where(Reservation.participant_id == participant_id)
             .order_by(Reservation.position)
         ).all()
+        active = [reservation for reservation in mine if reservation.status == "active"]
+        completed = sum(1 for reservation in mine if reservation.status == "completed")
         for reservation in active:
             session.expunge(reservation)
-        return list(active)
+        return Assigned(active, completed)
+
+
+def _reservations_in_hand(
+    session_factory: sessionmaker[Session],
+    participant_id: int,
+    wanted: int,
+    renew_before: dt.datetime,
+) -> Assigned | None:
+    """Return the active reservations when nothing needs the experiment lock.
+
+    That is the common case of a participant in the middle of their pages:
+    all their conditions are held, none expired and none about to. Reading
+    them needs no lock, so page loads do not queue behind assignments.
+    """
+    with session_factory() as session:
+        own = session.scalars(
+            select(Reservation)
+            .where(Reservation.participant_id == participant_id)
+            .order_by(Reservation.position)
+        ).all()
+        held = [reservation for reservation in own if reservation.status in ("active", "completed")]
+        active = [reservation for reservation in own if reservation.status == "active"]
+        if len(held) < wanted or any(reservation.status == "expired" for reservation in own):
+            return None
+        if any(as_utc(reservation.expires_at) < renew_before for reservation in active):
+            return None
+        for reservation in active:
+            session.expunge(reservation)
+        return Assigned(active, len(held) - len(active))
 
 
 def completed_count(session: Session, participant_id: int) -> int:

@@ -75,6 +75,9 @@ class Condition(Base):
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     target: Mapped[int] = mapped_column(Integer)
     position: Mapped[int] = mapped_column(Integer)
+    load: Mapped[int] = mapped_column(Integer, default=0)
+    """Completed plus actively reserved trials, kept by the assignment
+    transactions so that assigning reads one row per condition."""
 
     experiment: Mapped[Experiment] = relationship(back_populates="conditions")
     stimuli: Mapped[list[Stimulus]] = relationship(

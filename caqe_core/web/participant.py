@@ -8,10 +8,10 @@ import random
 from typing import Any
 
 from flask import Blueprint, abort, redirect, request, url_for
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from caqe_core.assignment import completed_count, ensure_reservations
+from caqe_core.assignment import change_load, completed_count, ensure_reservations
 from caqe_core.extension import CompletionPage, ResponseError, StepPage, TrialPage
 from caqe_core.flow import DONE, advance, end_session, notify_finished
 from caqe_core.models import (
@@ -182,9 +182,8 @@ def _render_trial(token: str, participant: Participant) -> Any:
     study = current_study()
     reservations = ensure_reservations(state().session_factory, study, participant.id)
     session = db_session()
-    done = completed_count(session, participant.id)
     if not reservations:
-        if done == 0:
+        if completed_count(session, participant.id) == 0:
             end_session(participant, "no_work")
             logger.info("Participant %s found no work left in %s", participant.id, study.name)
         else:
@@ -194,10 +193,15 @@ def _render_trial(token: str, participant: Participant) -> Any:
         if finished:
             notify_finished(state().session_factory, study, participant.id)
         return redirect(participant_url(participant), code=303)
-    reservation = session.get(Reservation, reservations[0].id)
+    reservation = reservations[0]
     if reservation.first_served_at is None:
-        reservation.first_served_at = utcnow()
+        session.execute(
+            update(Reservation)
+            .where(Reservation.id == reservation.id, Reservation.first_served_at.is_(None))
+            .values(first_served_at=utcnow())
+        )
         session.commit()
+    done = reservations.completed
     page_data = _trial_page(token, participant, reservation, done, done + len(reservations))
     return study.test_type.render_trial(page_data)
 
@@ -276,8 +280,7 @@ def submit_trial(token: str, reservation_id: str) -> Any:
         return json_error(409, "This trial was already answered with another idempotency_key.", "trial")
 
     study = current_study()
-    done = completed_count(session, participant.id)
-    page_data = _trial_page(token, participant, reservation, done, done + 1)
+    page_data = _trial_page(token, participant, reservation, 0, 1)
     try:
         cleaned = study.test_type.validate_response(page_data, body.get("response"))
         events = _validate_events(body.get("events", []), reservation.plan, study.test_type.event_types)
@@ -302,7 +305,10 @@ def submit_trial(token: str, reservation_id: str) -> Any:
     )
     session.add(trial)
     if reservation.status == "expired":
+        # The answer is kept even though its slot was given back; the
+        # condition may end one trial above its target.
         logger.info("Accepting a late response for expired reservation %s", reservation.id)
+        change_load(session, reservation.condition_id, 1)
     reservation.status = "completed"
     reservation.completed_at = utcnow()
     try:
@@ -333,9 +339,12 @@ def submit_trial(token: str, reservation_id: str) -> Any:
             return existing.acknowledgement
         return json_error(409, "This trial was already answered.", "trial")
     logger.info("Stored trial %s of participant %s (condition %s)", trial.id, participant.id, reservation.condition_id)
-    experiment = session.get(Experiment, study.experiment_id)
-    study.registry.hook.trial_stored(trial=trial, participant=participant, experiment=experiment, session=session)
-    session.commit()
+    if study.registry.hook.trial_stored.get_hookimpls():
+        experiment = session.get(Experiment, study.experiment_id)
+        study.registry.hook.trial_stored(
+            trial=trial, participant=participant, experiment=experiment, session=session
+        )
+        session.commit()
     return acknowledgement
 
 

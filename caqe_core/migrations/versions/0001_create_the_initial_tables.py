@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-04 15:59:29.122641
+Create Date: 2026-12-04 16:12:42.482557
 """
 
 from alembic import op
@@ -43,6 +43,7 @@ def upgrade() -> None:
     sa.Column('data', sa.JSON(), nullable=False),
     sa.Column('target', sa.Integer(), nullable=False),
     sa.Column('position', sa.Integer(), nullable=False),
+    sa.Column('load', sa.Integer(), nullable=False),
     sa.ForeignKeyConstraint(['experiment_id'], ['experiments.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('experiment_id', 'key')
