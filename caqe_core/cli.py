@@ -175,11 +175,29 @@ def plugins_command() -> None:
 
 
 @cli.command("validate")
-@click.argument("config_path", type=click.Path(dir_okay=False, path_type=Path), required=False, envvar="CAQE_CONFIG")
-def validate_command(config_path: Path | None) -> None:
+@click.argument(
+    "config_argument",
+    metavar="[CONFIG]",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=False,
+)
+@config_option
+def validate_command(config_argument: Path | None, config_path: Path | None) -> None:
     """Check a study config and its audio without serving it."""
+    from_option = (
+        click.get_current_context().get_parameter_source("config_path")
+        == click.core.ParameterSource.COMMANDLINE
+    )
+    if config_argument is not None and from_option and config_argument != config_path:
+        raise click.UsageError(
+            f"Two configs given: {config_argument} and --config {config_path}. "
+            "Give one."
+        )
+    config_path = config_argument or config_path
     if config_path is None:
-        raise click.UsageError("Give the config file: caqe validate CONFIG (or set CAQE_CONFIG).")
+        raise click.UsageError(
+            "Give the config file: caqe validate CONFIG, --config CONFIG or CAQE_CONFIG."
+        )
     registry = load_registry()
     config = load_study_config(config_path, registry)
     try:

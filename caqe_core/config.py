@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -32,8 +32,11 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
 
+EXPERIMENT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
 class ExperimentConfig(Strict):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    name: str
     """Identifier of the study in the database: lowercase letters, digits, _ and -."""
     title: str
     description: str = ""
@@ -41,12 +44,24 @@ class ExperimentConfig(Strict):
     seed: int = 0
     """Seed of the per-participant randomisation, for reproducible designs."""
 
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        if not EXPERIMENT_NAME.fullmatch(name):
+            raise ValueError(
+                "must be at most 63 characters of lowercase letters, digits, '_' and "
+                "'-', starting with a letter or digit, such as 'codec-mushra-2024'"
+            )
+        return name
+
 
 class AssignmentConfig(Strict):
     conditions_per_participant: int = Field(default=4, ge=1, le=500)
     trials_per_condition: int = Field(default=20, ge=1, le=100_000)
     """Target number of completed trials for each condition."""
-    condition_targets: dict[str, int] = Field(default_factory=dict)
+    condition_targets: dict[str, Annotated[int, Field(ge=0, le=100_000)]] = Field(
+        default_factory=dict
+    )
     """Per-condition targets by condition key, overriding the default."""
     reservation_minutes: float = Field(default=60, gt=0, le=7 * 24 * 60)
     """After this long an unfinished reservation expires and is reclaimed."""
@@ -71,11 +86,13 @@ class FlowConfig(Strict):
 
     @field_validator("steps")
     @classmethod
-    def _trials_once(cls, steps: list[str]) -> list[str]:
-        if steps.count("trials") != 1:
-            raise ValueError("must contain 'trials' exactly once")
-        if len(set(steps)) != len(steps):
-            raise ValueError("lists a step twice")
+    def _each_step_once(cls, steps: list[str]) -> list[str]:
+        # Whether 'trials' is present is checked with the step names, so that
+        # a misspelled 'trials' gets a did-you-mean hint.
+        twice = sorted({step for step in steps if steps.count(step) > 1})
+        if twice:
+            names = ", ".join(map(repr, twice))
+            raise ValueError(f"lists {names} twice; list each step once")
         return steps
 
 
@@ -250,60 +267,75 @@ class StudyConfig:
 # --- YAML with line numbers ---------------------------------------------------
 
 
-def _positions(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+def _positions(
+    node: yaml.Node,
+    path: tuple[Any, ...],
+    out: dict[tuple[Any, ...], int],
+    duplicates: list[tuple[tuple[Any, ...], int, int]],
+) -> None:
+    """Record the line of every key and item, and every key given twice in a mapping."""
     out[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
+        seen: dict[tuple[str, Any], int] = {}
         for key_node, value_node in node.value:
             key = key_node.value
-            out[path + (key,)] = key_node.start_mark.line + 1
-            _positions(value_node, path + (key,), out)
-            out[path + (key,)] = key_node.start_mark.line + 1
+            line = key_node.start_mark.line + 1
+            identity = (key_node.tag, key)
+            if identity in seen:
+                duplicates.append((path + (key,), line, seen[identity]))
+                continue
+            seen[identity] = line
+            _positions(value_node, path + (key,), out, duplicates)
+            out[path + (key,)] = line
     elif isinstance(node, yaml.SequenceNode):
         for index, child in enumerate(node.value):
-            _positions(child, path + (index,), out)
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """Safe loader that rejects a key given twice in one mapping."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None,
-                None,
-                f"duplicate key {key!r} (first given on line {seen[key]}); remove one of them",
-                key_node.start_mark,
-            )
-        seen[key] = key_node.start_mark.line + 1
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
-)
+            _positions(child, path + (index,), out, duplicates)
 
 
 def parse_yaml(path: Path, text: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
+    """Parse YAML; return the data and the line of each dotted location.
+
+    A key given twice in one mapping is an error, because YAML loaders
+    silently keep the last value and the study would differ from what the
+    researcher reads first.
+    """
     try:
-        node = yaml.compose(text, Loader=_UniqueKeyLoader)
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        positions: dict[tuple[Any, ...], int] = {}
+        duplicates: list[tuple[tuple[Any, ...], int, int]] = []
+        if node is not None:
+            _positions(node, (), positions, duplicates)
+        if duplicates:
+            raise ConfigError(
+                [
+                    format_problem(
+                        path,
+                        line,
+                        dotted(loc),
+                        f"duplicate key {loc[-1]!r} (first given on line {first}). "
+                        "Remove one of them.",
+                    )
+                    for loc, line, first in duplicates
+                ]
+            )
+        data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        line = mark.line + 1 if mark else None
-        problem = error.problem or str(error)
-        raise ConfigError(
-            [format_problem(path, line, None, f"invalid YAML: {problem}. Fix the syntax at this line.")]
-        ) from None
+        raise ConfigError([_describe_yaml_error(path, error)]) from None
     except yaml.YAMLError as error:
         raise ConfigError([format_problem(path, None, None, f"invalid YAML: {error}")]) from None
-    positions: dict[tuple[Any, ...], int] = {}
-    if node is not None:
-        _positions(node, (), positions)
     return data, positions
+
+
+def _describe_yaml_error(path: Path, error: yaml.MarkedYAMLError) -> str:
+    mark = error.problem_mark or error.context_mark
+    line = mark.line + 1 if mark else None
+    message = f"invalid YAML: {error.problem or error}"
+    context = error.context_mark
+    if error.context and context is not None and context.line + 1 != line:
+        # An unclosed bracket or quote is reported where the parser gave up;
+        # the line where it opened is the one to fix.
+        message += f" ({error.context} that starts on line {context.line + 1})"
+    return format_problem(path, line, None, message + ". Fix the syntax.")
 
 
 def line_for(positions: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
@@ -401,11 +433,36 @@ def _validate(
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        for item in error.errors():
+        errors = error.errors()
+        misspelled = _misspelled_required_keys(errors, model, data)
+        for item in errors:
+            if item["type"] == "missing" and tuple(item["loc"]) in misspelled:
+                continue
             loc = prefix + tuple(item["loc"])
             message = _describe_pydantic_error(item, model, tuple(item["loc"]), data)
             problems.append(format_problem(path, line_for(positions, loc), dotted(loc), message))
         return None
+
+
+def _misspelled_required_keys(
+    errors: list[Any], model: type[BaseModel], data: Any
+) -> set[tuple[Any, ...]]:
+    """Locations of missing keys that an unknown sibling key probably misspells.
+
+    ``titel`` next to a missing ``title`` is one mistake, so only the unknown
+    key is reported, with its did-you-mean hint.
+    """
+    missing = {tuple(item["loc"]) for item in errors if item["type"] == "missing"}
+    found: set[tuple[Any, ...]] = set()
+    for item in errors:
+        if item["type"] != "extra_forbidden":
+            continue
+        loc = tuple(item["loc"])
+        allowed = _allowed_keys(model, loc[:-1], data)
+        for close in difflib.get_close_matches(str(loc[-1]), allowed, n=1):
+            if loc[:-1] + (close,) in missing:
+                found.add(loc[:-1] + (close,))
+    return found
 
 
 def load_config(path: str | Path, registry: Registry) -> StudyConfig:
@@ -435,12 +492,14 @@ def parse_config(path: Path, text: str, registry: Registry) -> StudyConfig:
 
     plugin_sections = _plugin_section_models(registry)
     core_data = {key: value for key, value in data.items() if key in CORE_KEYS}
+    misspelled_sections: set[str] = set()
     for key in data:
         if key in CORE_KEYS or key in plugin_sections:
             continue
         allowed = list(CORE_KEYS) + list(plugin_sections)
         close = difflib.get_close_matches(key, allowed, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
+        misspelled_sections.update(close)
         problems.append(
             format_problem(
                 path,
@@ -453,19 +512,29 @@ def parse_config(path: Path, text: str, registry: Registry) -> StudyConfig:
     core = _validate(CoreConfig, core_data, (), path, positions, problems)
     sections: dict[str, Any] = {}
     if core is not None:
-        _check_plugin_names(core, registry, path, positions, problems)
-        for name in _active_sections(core, registry):
+        names_known = _check_plugin_names(core, registry, path, positions, problems)
+        for name, activated_by in _active_sections(core):
             model = plugin_sections.get(name)
             if model is None:
                 continue
-            section_data = data.get(name)
-            if section_data is None:
-                section_data = {}
-            value = _validate(model, section_data, (name,), path, positions, problems)
+            if name not in data and name in misspelled_sections:
+                # Reported above as an unknown section with a did-you-mean hint.
+                continue
+            if name not in data:
+                value = _validate_missing_section(
+                    model, name, activated_by, path, positions, problems
+                )
+            else:
+                section_data = data[name] if data[name] is not None else {}
+                value = _validate(
+                    model, section_data, (name,), path, positions, problems
+                )
             if value is not None:
                 sections[name] = value
+        active = {name for name, _ in _active_sections(core)}
         for name in data:
-            if name in plugin_sections and name not in _active_sections(core, registry):
+            # With an unknown plugin name, its section is reported through that name.
+            if names_known and name in plugin_sections and name not in active:
                 problems.append(
                     format_problem(
                         path,
@@ -481,6 +550,34 @@ def parse_config(path: Path, text: str, registry: Registry) -> StudyConfig:
     return StudyConfig(path=path, core=core, sections=sections, raw=data, text=text, positions=positions)
 
 
+def _validate_missing_section(
+    model: type[BaseModel],
+    name: str,
+    activated_by: str,
+    path: Path,
+    positions: dict[tuple[Any, ...], int],
+    problems: list[str],
+) -> Any:
+    """Validate an absent plugin section as empty; report one problem if it cannot be."""
+    try:
+        return model.model_validate({})
+    except ValidationError as error:
+        required = sorted(
+            {str(item["loc"][0]) for item in error.errors() if item["loc"]}
+        )
+        problems.append(
+            format_problem(
+                path,
+                line_for(positions, parse_dotted(activated_by)),
+                activated_by,
+                f"missing section {name!r}, which {activated_by} {name!r} needs. Add "
+                f"a top-level '{name}:' section with at least the keys "
+                f"{', '.join(required)}.",
+            )
+        )
+        return None
+
+
 def _plugin_section_models(registry: Registry) -> dict[str, type[BaseModel]]:
     models: dict[str, type[BaseModel]] = {}
     for group in (registry.test_types, registry.recruiters, registry.flow_steps):
@@ -490,8 +587,13 @@ def _plugin_section_models(registry: Registry) -> dict[str, type[BaseModel]]:
     return models
 
 
-def _active_sections(core: CoreConfig, registry: Registry) -> list[str]:
-    return [core.test_type, core.recruiter, *core.flow.steps]
+def _active_sections(core: CoreConfig) -> list[tuple[str, str]]:
+    """Plugin sections the study uses, each with the dotted key that names it."""
+    return [
+        (core.test_type, "test_type"),
+        (core.recruiter, "recruiter"),
+        *((step, f"flow.steps[{index}]") for index, step in enumerate(core.flow.steps)),
+    ]
 
 
 def _check_plugin_names(
@@ -500,7 +602,9 @@ def _check_plugin_names(
     path: Path,
     positions: dict[tuple[Any, ...], int],
     problems: list[str],
-) -> None:
+) -> bool:
+    """Report unknown test type, recruiter and step names; return True if none."""
+    count = len(problems)
     checks = [
         ("test_type", core.test_type, registry.test_types),
         ("recruiter", core.recruiter, registry.recruiters),
@@ -532,3 +636,14 @@ def _check_plugin_names(
                 f"unknown step {step!r}.{hint} Available steps: {', '.join(known_steps)}.",
             )
         )
+    if len(problems) == count and "trials" not in core.flow.steps:
+        problems.append(
+            format_problem(
+                path,
+                line_for(positions, ("flow", "steps")),
+                "flow.steps",
+                f"invalid value {_short(core.flow.steps)}: the steps must include "
+                "'trials'. Add it.",
+            )
+        )
+    return len(problems) == count

@@ -106,6 +106,19 @@ def check_study(config: StudyConfig, registry: Registry, generated_dir: Path) ->
         test_type = registry.test_type(config.core.test_type)
     except PluginError as error:
         raise ConfigError([format_problem(config.path, config.line_of("test_type"), "test_type", str(error))]) from None
+    root = config.audio_root
+    if not root.is_dir():
+        raise ConfigError(
+            [
+                format_problem(
+                    config.path,
+                    config.line_of("audio.root"),
+                    "audio.root",
+                    f"folder not found: {root} (from {config.core.audio.root!r}, "
+                    "relative to the config file). Fix the path.",
+                )
+            ]
+        )
     context = PrepareContext(config=config, section=config.test_type_section, generated_dir=generated_dir)
     try:
         specs = test_type.build_conditions(context)
@@ -155,6 +168,9 @@ def _check_condition(config: StudyConfig, spec: ConditionSpec, infos: dict[Path,
             problems.append(str(error))
             continue
         infos[stimulus.path] = info
+        # A file with a problem of its own is left out of the comparisons
+        # between the stimuli below, so that it is reported once.
+        reported = len(problems)
         if audio.sample_rate and info.sample_rate != audio.sample_rate:
             problems.append(
                 f"{where}: {stimulus.path} has a sample rate of {info.sample_rate} Hz, but "
@@ -173,7 +189,8 @@ def _check_condition(config: StudyConfig, spec: ConditionSpec, infos: dict[Path,
                     f"{where}: {stimulus.path} clips at {frame / info.sample_rate:.3f} s "
                     f"(frame {frame}). Lower its level, or set audio.allow_clipping: true."
                 )
-        good.append((stimulus.key, info))
+        if len(problems) == reported:
+            good.append((stimulus.key, info))
     if len(good) < 2:
         return problems
     first_key, first = good[0]
