@@ -156,7 +156,7 @@ def ensure_reservations(
                 plan_rng = random.Random(
                     f"{study.config.core.experiment.seed}:{participant.public_id}:{view.key}"
                 )
-                plan = study.test_type.plan_trial(view, plan_rng)
+                plan = study.test_type.plan_trial(view, plan_rng, participant.sequence)
                 change_load(session, condition_id, 1)
                 session.add(
                     Reservation(

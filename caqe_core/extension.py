@@ -223,8 +223,14 @@ class TestType:
         """
         raise NotImplementedError
 
-    def plan_trial(self, condition: ConditionView, rng: random.Random) -> dict[str, Any]:
+    def plan_trial(
+        self, condition: ConditionView, rng: random.Random, participant_sequence: int
+    ) -> dict[str, Any]:
         """Randomise one participant's page for ``condition``.
+
+        ``rng`` is seeded by the study seed, the participant and the
+        condition. ``participant_sequence`` is the participant's arrival
+        index (0, 1, ...), for designs counterbalanced across participants.
 
         Return a JSON-serialisable dict with at least ``signals``: a list of
         ``{"id": ..., "stimulus": ...}`` where ``id`` is the opaque label

@@ -210,7 +210,7 @@ def _render_training(token: str, participant: Participant) -> Any:
     study = current_study()
     condition = next(iter(study.conditions.values()))
     rng = random.Random(f"{study.config.core.experiment.seed}:{participant.public_id}:training")
-    plan = study.test_type.plan_trial(condition, rng)
+    plan = study.test_type.plan_trial(condition, rng, participant.sequence)
     page_data = TrialPage(
         condition=condition,
         plan=plan,

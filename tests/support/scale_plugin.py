@@ -71,7 +71,7 @@ class ScaleTestType(TestType):
             )
         return specs
 
-    def plan_trial(self, condition: ConditionView, rng: random.Random) -> dict[str, Any]:
+    def plan_trial(self, condition: ConditionView, rng: random.Random, participant_sequence: int) -> dict[str, Any]:
         keys = list(condition.stimuli)
         rng.shuffle(keys)
         return {"signals": [{"id": f"s{index + 1}", "stimulus": key} for index, key in enumerate(keys)]}
