@@ -1,0 +1,989 @@
+"""Read a study's data from the database into tidy pandas tables.
+
+Every table has a fixed schema (``SCHEMAS``): a column name, a kind and a
+description, which is also the data dictionary of an export. Two tables have
+columns that depend on the study: ``ratings`` adds the columns that the test
+type's ``export_rows`` returns, and ``participants`` adds one column per
+screening step and per survey question.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from caqe_core.models import (
+    Condition,
+    ListeningEvent,
+    Participant,
+    Payment,
+    RecruitmentJob,
+    Reservation,
+    ScreeningResult,
+    Stimulus,
+    SurveyResponse,
+    Trial,
+)
+from caqe_core.study import Study
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("string", "integer", "float", "boolean", "datetime", "decimal", "json")
+"""Column kinds. ``decimal`` is an exact amount kept as a string such as
+``"1.50"``; ``json`` is a JSON document kept as a string."""
+
+TABLE_NAMES = (
+    "ratings",
+    "participants",
+    "screening",
+    "surveys",
+    "events",
+    "hits",
+    "payments",
+    "conditions",
+    "stimuli",
+)
+
+# Rows of trials converted per batch. Each batch becomes a DataFrame before
+# the next starts, so the per-row dicts of at most one batch are alive.
+TRIAL_BATCH_SIZE = 4000
+
+RESERVED_RATING_COLUMNS = frozenset(
+    {
+        "participant",
+        "trial",
+        "idempotency_key",
+        "condition",
+        "trial_position",
+        "started_at",
+        "completed_at",
+        "time_on_page_ms",
+    }
+)
+"""Columns of ``ratings`` that the core fills; a test type's value is ignored."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of an exported table."""
+
+    name: str
+    kind: str
+    description: str
+
+
+@dataclass
+class TableSchema:
+    """The columns of one table, in order."""
+
+    name: str
+    description: str
+    columns: list[Column] = field(default_factory=list)
+
+    def column(self, name: str) -> Column | None:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        return None
+
+
+def _schema(name: str, description: str, *columns: tuple[str, str, str]) -> TableSchema:
+    return TableSchema(name, description, [Column(*column) for column in columns])
+
+
+PARTICIPANT_ID = ("participant", "string", "Public id of the participant (session).")
+
+SCHEMAS: dict[str, TableSchema] = {
+    "ratings": _schema(
+        "ratings",
+        "One row per rating or judgement, as the test type's export_rows returns "
+        "them, with the trial it belongs to.",
+        PARTICIPANT_ID,
+        ("condition", "string", "Key of the condition (page) that was rated."),
+        ("item", "string", "Test item (programme material) of the condition."),
+        ("scale", "string", "Rating scale of the condition; empty when it has none."),
+        ("trial", "string", "Public id of the trial (its reservation)."),
+        (
+            "idempotency_key",
+            "string",
+            "Key the browser sent with the response; unique per participant.",
+        ),
+        (
+            "trial_position",
+            "integer",
+            "Zero-based position of the trial among the participant's trials.",
+        ),
+        (
+            "started_at",
+            "datetime",
+            (
+                "When the trial page was first served (UTC), or when it was "
+                "reserved if it was never served."
+            ),
+        ),
+        ("completed_at", "datetime", "When the response was stored (UTC)."),
+        (
+            "time_on_page_ms",
+            "float",
+            "Time the page was open before submitting, in ms, as the browser measured it.",
+        ),
+    ),
+    "participants": _schema(
+        "participants",
+        "One row per participant (session), with screening outcomes and survey "
+        "answers as columns.",
+        PARTICIPANT_ID,
+        ("sequence", "integer", "Arrival order within the study, from 0."),
+        (
+            "recruiter",
+            "string",
+            "Recruiter that brought the participant (mturk, local_lab).",
+        ),
+        (
+            "external_id",
+            "string",
+            "The recruiter's id of the person, such as an MTurk worker id or a lab code.",
+        ),
+        ("status", "string", "active, completed, screened_out or no_work."),
+        ("step", "string", "Flow step the participant is at; done when finished."),
+        ("flags", "string", "Quality flags set by flow steps, separated by '; '."),
+        ("started_at", "datetime", "When the participant arrived (UTC)."),
+        (
+            "finished_at",
+            "datetime",
+            "When the participant finished or was screened out (UTC).",
+        ),
+        (
+            "last_active_at",
+            "datetime",
+            "Last change of the participant's record (UTC).",
+        ),
+        (
+            "duration_s",
+            "float",
+            "Seconds from arrival to finishing; empty if not finished.",
+        ),
+        ("trials_completed", "integer", "Number of stored trial responses."),
+        (
+            "external_data",
+            "json",
+            "Recruiter data of the session, such as the MTurk assignment and HIT ids.",
+        ),
+    ),
+    "screening": _schema(
+        "screening",
+        "One row per submission of a flow step that records an outcome (consent, "
+        "screening tests, post-test steps).",
+        PARTICIPANT_ID,
+        ("step", "string", "Name of the flow step."),
+        (
+            "attempt",
+            "integer",
+            "1 for the first submission of the step, 2 for the second, ...",
+        ),
+        (
+            "passed",
+            "boolean",
+            "Verdict of a screening step; empty when the step gives none.",
+        ),
+        ("data", "json", "What the step recorded, such as thresholds or answers."),
+        ("created_at", "datetime", "When the submission was stored (UTC)."),
+    ),
+    "surveys": _schema(
+        "surveys",
+        "One row per survey answer (long format).",
+        PARTICIPANT_ID,
+        ("survey", "string", "pre or post."),
+        ("question", "string", "Question id from the config's surveys section."),
+        (
+            "answer",
+            "string",
+            (
+                "The answer as text. The options of a multiple-choice answer are "
+                "separated by '; '. Empty when skipped."
+            ),
+        ),
+        ("answered_at", "datetime", "When the survey was submitted (UTC)."),
+    ),
+    "events": _schema(
+        "events",
+        "One row per listening event (play, stop, switch, loop, seek) of a stored trial.",
+        PARTICIPANT_ID,
+        ("trial", "string", "Public id of the trial."),
+        ("condition", "string", "Key of the trial's condition."),
+        ("sequence", "integer", "Order of the event within the trial, from 0."),
+        ("type", "string", "Event type, such as play, stop, switch, loop or seek."),
+        ("time_ms", "float", "Time since the page loaded, in ms."),
+        ("position_s", "float", "Playback position in the signal, in seconds."),
+        (
+            "signal",
+            "string",
+            "The page's label of the signal; for switch, the new signal.",
+        ),
+        ("stimulus", "string", "Stimulus key (system) behind signal."),
+        (
+            "from_signal",
+            "string",
+            "For switch events: the label of the previous signal.",
+        ),
+        ("from_stimulus", "string", "Stimulus key behind from_signal."),
+        ("data", "json", "Every other field the page sent with the event."),
+    ),
+    "hits": _schema(
+        "hits",
+        "One row per unit of work posted to a recruiter: an MTurk HIT, a lab code.",
+        ("recruiter", "string", "Recruiter that posted the job."),
+        ("request_token", "string", "Token written before the recruiter was called."),
+        ("external_id", "string", "The recruiter's id of the job, such as the HIT id."),
+        ("status", "string", "Status of the job as the recruiter plugin records it."),
+        ("data", "json", "Recruiter data of the job (reward, assignments, ...)."),
+        ("created_at", "datetime", "When the job was recorded (UTC)."),
+        ("updated_at", "datetime", "Last change of the job (UTC)."),
+    ),
+    "payments": _schema(
+        "payments",
+        "The payment ledger: one row per reward or bonus.",
+        (
+            "participant",
+            "string",
+            "Public id of the participant paid; empty when the payment is not tied to one.",
+        ),
+        ("recruiter", "string", "Recruiter that sends the money."),
+        (
+            "recipient",
+            "string",
+            "The recruiter's id of the person paid, such as a worker id.",
+        ),
+        ("kind", "string", "reward or bonus."),
+        ("purpose", "string", "What the payment is for; unique within the study."),
+        ("amount", "decimal", "Amount as an exact decimal string, such as 1.50."),
+        (
+            "amount_cents",
+            "integer",
+            "Amount in hundredths of the currency unit, such as 150.",
+        ),
+        ("currency", "string", "ISO 4217 currency code."),
+        ("request_token", "string", "Idempotency token sent to the payment service."),
+        (
+            "reference",
+            "string",
+            "The recruiter's reference, such as the assignment id.",
+        ),
+        ("reason", "string", "Message sent with the payment."),
+        ("status", "string", "pending, paid or failed."),
+        ("error", "string", "Error of the last failed attempt."),
+        ("created_at", "datetime", "When the payment was recorded (UTC)."),
+        ("updated_at", "datetime", "Last change of the payment (UTC)."),
+    ),
+    "conditions": _schema(
+        "conditions",
+        "One row per condition (page) of the study.",
+        ("condition", "string", "Key of the condition."),
+        ("item", "string", "Test item of the condition."),
+        ("scale", "string", "Rating scale of the condition; empty when it has none."),
+        ("position", "integer", "Order of the condition in the config, from 0."),
+        ("target", "integer", "Number of completed trials the study aims for."),
+        ("completed", "integer", "Number of stored trials."),
+        ("data", "json", "The test type's data for the condition."),
+    ),
+    "stimuli": _schema(
+        "stimuli",
+        "One row per stimulus of a condition.",
+        ("condition", "string", "Key of the condition."),
+        (
+            "stimulus",
+            "string",
+            "Key of the stimulus within the condition (the system).",
+        ),
+        ("role", "string", "reference, hidden_reference, anchor, system, ..."),
+        ("position", "integer", "Order within the condition, from 0."),
+        ("sample_rate", "integer", "Sample rate in Hz."),
+        ("channels", "integer", "Number of channels."),
+        ("duration_s", "float", "Duration in seconds."),
+        ("sha256", "string", "SHA-256 of the prepared (served) file."),
+        ("source_path", "string", "The file the config named, or the generated file."),
+    ),
+}
+
+
+@dataclass
+class StudyTables:
+    """The exported tables of one study and the schemas that describe them."""
+
+    frames: dict[str, pd.DataFrame]
+    schemas: dict[str, TableSchema]
+
+    def __getitem__(self, name: str) -> pd.DataFrame:
+        return self.frames[name]
+
+
+def utc(value: dt.datetime | None) -> dt.datetime | None:
+    """Return ``value`` as an aware UTC datetime; SQLite returns naive UTC values."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
+
+
+def _json_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def count_trials(session: Session, study: Study) -> int:
+    """Return the number of stored trials of the study."""
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Trial)
+            .join(Participant, Trial.participant_id == Participant.id)
+            .where(Participant.experiment_id == study.experiment_id)
+        )
+        or 0
+    )
+
+
+def load_tables(
+    session: Session,
+    study: Study,
+    on_trials: Callable[[int], None] | None = None,
+) -> StudyTables:
+    """Read every table of ``study`` from the database.
+
+    ``on_trials`` is called with the number of trials converted after each
+    batch, for a progress bar (``count_trials`` gives the total).
+    """
+    if not study.conditions:
+        study.load_conditions(session)
+    participant_ids = dict(
+        session.execute(
+            select(Participant.id, Participant.public_id).where(
+                Participant.experiment_id == study.experiment_id
+            )
+        ).all()
+    )
+    schemas = {name: _copy_schema(schema) for name, schema in SCHEMAS.items()}
+    frames: dict[str, pd.DataFrame] = {}
+
+    frames["ratings"] = _load_ratings(
+        session, study, participant_ids, schemas, on_trials
+    )
+    frames["participants"] = _load_participants(session, study, schemas)
+    frames["screening"] = _load_screening(session, study, participant_ids)
+    frames["surveys"] = _load_surveys(session, study, participant_ids)
+    frames["events"] = _load_events(session, study, participant_ids)
+    frames["hits"] = _load_hits(session, study)
+    frames["payments"] = _load_payments(session, study, participant_ids)
+    frames["conditions"] = _load_conditions(session, study)
+    frames["stimuli"] = _load_stimuli(session, study)
+
+    for name, frame in frames.items():
+        frames[name] = conform(frame, schemas[name])
+    return StudyTables(frames=frames, schemas=schemas)
+
+
+def _copy_schema(schema: TableSchema) -> TableSchema:
+    return TableSchema(schema.name, schema.description, list(schema.columns))
+
+
+# --- ratings ------------------------------------------------------------------
+
+
+def _load_ratings(
+    session: Session,
+    study: Study,
+    participant_ids: dict[int, str],
+    schemas: dict[str, TableSchema],
+    on_trials: Callable[[int], None] | None,
+) -> pd.DataFrame:
+    test_type = study.test_type
+    query = (
+        select(
+            Trial.participant_id,
+            Trial.condition_id,
+            Trial.idempotency_key,
+            Trial.response,
+            Trial.time_on_page_ms,
+            Trial.created_at,
+            Reservation.public_id,
+            Reservation.position,
+            Reservation.plan,
+            Reservation.first_served_at,
+            Reservation.created_at.label("reserved_at"),
+        )
+        .join(Reservation, Trial.reservation_id == Reservation.id)
+        .join(Participant, Trial.participant_id == Participant.id)
+        .where(Participant.experiment_id == study.experiment_id)
+        .order_by(Participant.sequence, Reservation.position)
+    )
+    batches: list[pd.DataFrame] = []
+    extra_columns: dict[str, None] = {}
+    ignored: set[str] = set()
+    result = session.execute(query.execution_options(yield_per=TRIAL_BATCH_SIZE))
+    for partition in result.partitions():
+        frame = _ratings_batch(
+            partition, study, test_type, participant_ids, extra_columns, ignored
+        )
+        batches.append(frame)
+        if on_trials is not None:
+            on_trials(len(partition))
+
+    schema = schemas["ratings"]
+    core = [column.name for column in schema.columns]
+    extra = [name for name in extra_columns if name not in core]
+    if not batches:
+        return pd.DataFrame({name: [] for name in core})
+    ratings = pd.concat(batches, ignore_index=True, sort=False)
+    for name in extra:
+        description = getattr(test_type, "export_columns", {}).get(
+            name, f"Value from the {test_type.name!r} test type's export_rows."
+        )
+        schema.columns.insert(
+            core.index("trial"), Column(name, infer_kind(ratings[name]), description)
+        )
+        core.insert(core.index("trial"), name)
+    return ratings[core]
+
+
+def _ratings_batch(
+    partition: Iterable[Any],
+    study: Study,
+    test_type: Any,
+    participant_ids: dict[int, str],
+    extra_columns: dict[str, None],
+    ignored: set[str],
+) -> pd.DataFrame:
+    rows: list[dict[str, Any]] = []
+    owners: list[int] = []
+    trials: list[dict[str, Any]] = []
+    for row in partition:
+        condition = study.conditions[row.condition_id]
+        started = utc(row.first_served_at) or utc(row.reserved_at)
+        completed = utc(row.created_at)
+        participant = participant_ids[row.participant_id]
+        mapping = {
+            "participant": participant,
+            "condition": condition,
+            "plan": row.plan,
+            "response": row.response,
+            "started_at": started,
+            "completed_at": completed,
+            "trial": row.public_id,
+            "position": row.position,
+            "time_on_page_ms": row.time_on_page_ms,
+        }
+        try:
+            produced = test_type.export_rows(mapping)
+        except Exception as error:
+            raise ExportError(
+                f"The {test_type.name!r} test type's export_rows failed on trial "
+                f"{row.public_id} of participant {participant} (condition "
+                f"{condition.key!r}): {type(error).__name__}: {error}"
+            ) from error
+        index = len(trials)
+        trials.append(
+            {
+                "participant": participant,
+                "condition": condition.key,
+                "item": condition.item,
+                "scale": condition.scale,
+                "trial": row.public_id,
+                "idempotency_key": row.idempotency_key,
+                "trial_position": row.position,
+                "started_at": started,
+                "completed_at": completed,
+                "time_on_page_ms": row.time_on_page_ms,
+            }
+        )
+        for produced_row in produced:
+            rows.append(produced_row)
+            owners.append(index)
+
+    trial_frame = pd.DataFrame(trials)
+    produced_frame = pd.DataFrame(rows) if rows else pd.DataFrame(index=range(0))
+    for name in produced_frame.columns:
+        if name in RESERVED_RATING_COLUMNS:
+            if name not in ignored:
+                ignored.add(name)
+                logger.warning(
+                    "The %r test type's export_rows returns the column %r, which the "
+                    "core fills; its value is ignored.",
+                    test_type.name,
+                    name,
+                )
+            continue
+        extra_columns.setdefault(name, None)
+    frame = trial_frame.iloc[np.asarray(owners, dtype=np.intp)].reset_index(drop=True)
+    for name in produced_frame.columns:
+        if name in RESERVED_RATING_COLUMNS:
+            continue
+        values = produced_frame[name].reset_index(drop=True)
+        if name in ("item", "scale"):
+            values = values.where(values.notna(), frame[name])
+        frame[name] = values
+    return frame
+
+
+class ExportError(RuntimeError):
+    """The study's data cannot be turned into tables."""
+
+
+# --- participants ---------------------------------------------------------------
+
+
+def _load_participants(
+    session: Session, study: Study, schemas: dict[str, TableSchema]
+) -> pd.DataFrame:
+    trial_counts = dict(
+        session.execute(
+            select(Trial.participant_id, func.count())
+            .join(Participant, Trial.participant_id == Participant.id)
+            .where(Participant.experiment_id == study.experiment_id)
+            .group_by(Trial.participant_id)
+        ).all()
+    )
+    records = []
+    for participant in session.scalars(
+        select(Participant)
+        .where(Participant.experiment_id == study.experiment_id)
+        .order_by(Participant.sequence)
+    ):
+        started = utc(participant.created_at)
+        finished = utc(participant.finished_at)
+        duration = (
+            (finished - started).total_seconds() if started and finished else None
+        )
+        records.append(
+            {
+                "id": participant.id,
+                "participant": participant.public_id,
+                "sequence": participant.sequence,
+                "recruiter": participant.recruiter,
+                "external_id": participant.external_id,
+                "status": participant.status,
+                "step": participant.step,
+                "flags": "; ".join(str(flag) for flag in participant.flags or [])
+                or None,
+                "started_at": started,
+                "finished_at": finished,
+                "last_active_at": utc(participant.updated_at),
+                "duration_s": duration,
+                "trials_completed": trial_counts.get(participant.id, 0),
+                "external_data": _json_text(participant.external_data or {}),
+            }
+        )
+    schema = schemas["participants"]
+    frame = pd.DataFrame(records, columns=["id", *[c.name for c in schema.columns]])
+    frame = _add_screening_columns(session, study, frame, schema)
+    frame = _add_survey_columns(session, study, frame, schema)
+    return frame.drop(columns="id")
+
+
+def _add_screening_columns(
+    session: Session, study: Study, frame: pd.DataFrame, schema: TableSchema
+) -> pd.DataFrame:
+    rows = session.execute(
+        select(
+            ScreeningResult.participant_id,
+            ScreeningResult.step,
+            ScreeningResult.attempt,
+            ScreeningResult.passed,
+        )
+        .join(Participant, ScreeningResult.participant_id == Participant.id)
+        .where(Participant.experiment_id == study.experiment_id)
+        .order_by(
+            ScreeningResult.participant_id,
+            ScreeningResult.step,
+            ScreeningResult.attempt,
+        )
+    ).all()
+    order = list(study.config.core.flow.steps)
+    steps = sorted(
+        {row.step for row in rows},
+        key=lambda s: (s not in order, order.index(s) if s in order else 0, s),
+    )
+    last: dict[tuple[int, str], Any] = {}
+    attempts: dict[tuple[int, str], int] = {}
+    for row in rows:
+        last[(row.participant_id, row.step)] = row.passed
+        attempts[(row.participant_id, row.step)] = max(
+            row.attempt, attempts.get((row.participant_id, row.step), 0)
+        )
+    for step in steps:
+        passed = f"{step}_passed"
+        count = f"{step}_attempts"
+        frame[passed] = [last.get((pid, step)) for pid in frame["id"]]
+        frame[count] = [attempts.get((pid, step), 0) for pid in frame["id"]]
+        schema.columns.append(
+            Column(
+                passed,
+                "boolean",
+                f"Verdict of the last submission of the {step!r} step; empty if the "
+                "participant did not reach it or it gives no verdict.",
+            )
+        )
+        schema.columns.append(
+            Column(count, "integer", f"Number of submissions of the {step!r} step.")
+        )
+    return frame
+
+
+def _add_survey_columns(
+    session: Session, study: Study, frame: pd.DataFrame, schema: TableSchema
+) -> pd.DataFrame:
+    answers: dict[tuple[int, str], dict[str, Any]] = {}
+    for response in session.execute(
+        select(
+            SurveyResponse.participant_id, SurveyResponse.survey, SurveyResponse.answers
+        )
+        .join(Participant, SurveyResponse.participant_id == Participant.id)
+        .where(Participant.experiment_id == study.experiment_id)
+    ):
+        answers[(response.participant_id, response.survey)] = response.answers or {}
+    surveys = study.config.core.surveys
+    for survey, questions in (("pre", surveys.pre), ("post", surveys.post)):
+        known = {question.id for question in questions}
+        ids = [question.id for question in questions]
+        texts = {question.id: question.text for question in questions}
+        # Answers to questions no longer in the config (kept in the database).
+        for (_, name), values in answers.items():
+            if name == survey:
+                ids.extend(key for key in values if key not in known and key not in ids)
+        for question in ids:
+            column = f"{survey}_survey_{question}"
+            values = [
+                _answer_value(answers.get((pid, survey), {}).get(question))
+                for pid in frame["id"]
+            ]
+            frame[column] = values
+            text = texts.get(question, "a question no longer in the config")
+            schema.columns.append(
+                Column(
+                    column,
+                    infer_kind(frame[column]),
+                    f"Answer to the {survey}-test survey question {question!r} "
+                    f"({text}); multiple options are separated by '; '.",
+                )
+            )
+    return frame
+
+
+def _answer_value(value: Any) -> Any:
+    if isinstance(value, list):
+        return "; ".join(str(option) for option in value)
+    return value
+
+
+# --- the other tables --------------------------------------------------------------
+
+
+def _load_screening(
+    session: Session, study: Study, participant_ids: dict[int, str]
+) -> pd.DataFrame:
+    rows = session.execute(
+        select(ScreeningResult)
+        .join(Participant, ScreeningResult.participant_id == Participant.id)
+        .where(Participant.experiment_id == study.experiment_id)
+        .order_by(Participant.sequence, ScreeningResult.id)
+    ).scalars()
+    return pd.DataFrame(
+        [
+            {
+                "participant": participant_ids[row.participant_id],
+                "step": row.step,
+                "attempt": row.attempt,
+                "passed": row.passed,
+                "data": _json_text(row.data or {}),
+                "created_at": utc(row.created_at),
+            }
+            for row in rows
+        ]
+    )
+
+
+def _load_surveys(
+    session: Session, study: Study, participant_ids: dict[int, str]
+) -> pd.DataFrame:
+    records = []
+    for row in session.scalars(
+        select(SurveyResponse)
+        .join(Participant, SurveyResponse.participant_id == Participant.id)
+        .where(Participant.experiment_id == study.experiment_id)
+        .order_by(Participant.sequence, SurveyResponse.survey)
+    ):
+        for question, answer in (row.answers or {}).items():
+            value = _answer_value(answer)
+            records.append(
+                {
+                    "participant": participant_ids[row.participant_id],
+                    "survey": row.survey,
+                    "question": question,
+                    "answer": None if value is None else str(value),
+                    "answered_at": utc(row.created_at),
+                }
+            )
+    return pd.DataFrame(records)
+
+
+def _load_events(
+    session: Session, study: Study, participant_ids: dict[int, str]
+) -> pd.DataFrame:
+    query = (
+        select(
+            ListeningEvent.participant_id,
+            ListeningEvent.sequence,
+            ListeningEvent.type,
+            ListeningEvent.time_ms,
+            ListeningEvent.position,
+            ListeningEvent.signal,
+            ListeningEvent.stimulus_key,
+            ListeningEvent.data,
+            Reservation.public_id,
+            Reservation.condition_id,
+            Reservation.plan,
+        )
+        .join(Trial, ListeningEvent.trial_id == Trial.id)
+        .join(Reservation, Trial.reservation_id == Reservation.id)
+        .join(Participant, ListeningEvent.participant_id == Participant.id)
+        .where(Participant.experiment_id == study.experiment_id)
+        .order_by(Participant.sequence, Reservation.position, ListeningEvent.sequence)
+    )
+    records = []
+    # Rows come ordered by trial, so the labels of the previous row's trial are
+    # the only ones worth keeping.
+    trial: str | None = None
+    labels: dict[str, str] = {}
+    for row in session.execute(query.execution_options(yield_per=20000)):
+        if row.public_id != trial:
+            trial = row.public_id
+            signals = (row.plan or {}).get("signals", [])
+            labels = {signal["id"]: signal["stimulus"] for signal in signals}
+        data = dict(row.data or {})
+        from_signal = data.pop("from", None)
+        for key in ("to", "signal"):
+            data.pop(key, None)
+        records.append(
+            {
+                "participant": participant_ids[row.participant_id],
+                "trial": row.public_id,
+                "condition": study.conditions[row.condition_id].key,
+                "sequence": row.sequence,
+                "type": row.type,
+                "time_ms": row.time_ms,
+                "position_s": row.position,
+                "signal": row.signal,
+                "stimulus": row.stimulus_key,
+                "from_signal": from_signal,
+                "from_stimulus": labels.get(from_signal) if from_signal else None,
+                "data": _json_text(data) if data else None,
+            }
+        )
+    return pd.DataFrame(records)
+
+
+def _load_hits(session: Session, study: Study) -> pd.DataFrame:
+    rows = session.scalars(
+        select(RecruitmentJob)
+        .where(RecruitmentJob.experiment_id == study.experiment_id)
+        .order_by(RecruitmentJob.id)
+    )
+    return pd.DataFrame(
+        [
+            {
+                "recruiter": row.recruiter,
+                "request_token": row.request_token,
+                "external_id": row.external_id,
+                "status": row.status,
+                "data": _json_text(row.data or {}),
+                "created_at": utc(row.created_at),
+                "updated_at": utc(row.updated_at),
+            }
+            for row in rows
+        ]
+    )
+
+
+def _load_payments(
+    session: Session, study: Study, participant_ids: dict[int, str]
+) -> pd.DataFrame:
+    rows = session.scalars(
+        select(Payment)
+        .where(Payment.experiment_id == study.experiment_id)
+        .order_by(Payment.id)
+    )
+    return pd.DataFrame(
+        [
+            {
+                "participant": participant_ids.get(row.participant_id)
+                if row.participant_id is not None
+                else None,
+                "recruiter": row.recruiter,
+                "recipient": row.recipient,
+                "kind": row.kind,
+                "purpose": row.purpose,
+                "amount": format_amount(row.amount),
+                "amount_cents": int(Decimal(str(row.amount)) * 100),
+                "currency": row.currency,
+                "request_token": row.request_token,
+                "reference": row.reference,
+                "reason": row.reason,
+                "status": row.status,
+                "error": row.error,
+                "created_at": utc(row.created_at),
+                "updated_at": utc(row.updated_at),
+            }
+            for row in rows
+        ]
+    )
+
+
+def format_amount(amount: Decimal | float | str | None) -> str | None:
+    """Return an amount as a decimal string with two places, such as ``"1.50"``."""
+    if amount is None:
+        return None
+    return str(Decimal(str(amount)).quantize(Decimal("0.01")))
+
+
+def _load_conditions(session: Session, study: Study) -> pd.DataFrame:
+    completed = dict(
+        session.execute(
+            select(Trial.condition_id, func.count())
+            .join(Condition, Trial.condition_id == Condition.id)
+            .where(Condition.experiment_id == study.experiment_id)
+            .group_by(Trial.condition_id)
+        ).all()
+    )
+    rows = session.scalars(
+        select(Condition)
+        .where(Condition.experiment_id == study.experiment_id)
+        .order_by(Condition.position)
+    )
+    return pd.DataFrame(
+        [
+            {
+                "condition": row.key,
+                "item": row.item,
+                "scale": row.scale,
+                "position": row.position,
+                "target": row.target,
+                "completed": completed.get(row.id, 0),
+                "data": _json_text(row.data or {}),
+            }
+            for row in rows
+        ]
+    )
+
+
+def _load_stimuli(session: Session, study: Study) -> pd.DataFrame:
+    rows = session.execute(
+        select(Stimulus, Condition.key)
+        .join(Condition, Stimulus.condition_id == Condition.id)
+        .where(Stimulus.experiment_id == study.experiment_id)
+        .order_by(Condition.position, Stimulus.position)
+    )
+    return pd.DataFrame(
+        [
+            {
+                "condition": key,
+                "stimulus": stimulus.key,
+                "role": stimulus.role,
+                "position": stimulus.position,
+                "sample_rate": stimulus.sample_rate,
+                "channels": stimulus.channels,
+                "duration_s": stimulus.frames / stimulus.sample_rate,
+                "sha256": stimulus.sha256,
+                "source_path": stimulus.source_path,
+            }
+            for stimulus, key in rows
+        ]
+    )
+
+
+# --- types ----------------------------------------------------------------------------
+
+
+def infer_kind(values: pd.Series) -> str:
+    """Return the column kind that fits the non-missing values of ``values``."""
+    present = values.dropna()
+    if present.empty:
+        return "string"
+    if pd.api.types.is_bool_dtype(present.dtype):
+        return "boolean"
+    if pd.api.types.is_integer_dtype(present.dtype):
+        return "integer"
+    if pd.api.types.is_float_dtype(present.dtype):
+        return "float"
+    if isinstance(present.dtype, pd.DatetimeTZDtype):
+        return "datetime"
+    kinds = {_value_kind(value) for value in present}
+    if kinds == {"boolean"}:
+        return "boolean"
+    if kinds == {"integer"}:
+        return "integer"
+    if kinds <= {"integer", "float"}:
+        return "float"
+    if kinds == {"datetime"}:
+        return "datetime"
+    if kinds <= {"string"}:
+        return "string"
+    return "json"
+
+
+def _value_kind(value: Any) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "boolean"
+    if isinstance(value, (int, np.integer)):
+        return "integer"
+    if isinstance(value, (float, np.floating)):
+        return "float"
+    if isinstance(value, dt.datetime):
+        return "datetime"
+    if isinstance(value, str):
+        return "string"
+    return "json"
+
+
+def conform(frame: pd.DataFrame, schema: TableSchema) -> pd.DataFrame:
+    """Return ``frame`` with exactly the schema's columns, in order, in their dtypes."""
+    out = {}
+    length = len(frame)
+    for column in schema.columns:
+        if column.name in frame.columns:
+            values = frame[column.name]
+        else:
+            values = pd.Series([None] * length, dtype=object)
+        out[column.name] = cast(values, column.kind)
+    return pd.DataFrame(out, index=pd.RangeIndex(length))
+
+
+def cast(values: pd.Series, kind: str) -> pd.Series:
+    """Convert ``values`` to the pandas dtype of ``kind``."""
+    values = values.reset_index(drop=True)
+    if kind == "boolean":
+        return values.astype("boolean")
+    if kind == "integer":
+        return values.astype("Int64")
+    if kind == "float":
+        return pd.to_numeric(values, errors="raise").astype("float64")
+    if kind == "datetime":
+        return pd.to_datetime(values, utc=True, format="ISO8601")
+    if kind == "json":
+        return values.map(
+            lambda value: (
+                value if value is None or isinstance(value, str) else _json_text(value)
+            ),
+            na_action="ignore",
+        ).astype("string")
+    return values.astype("string")
