@@ -392,6 +392,9 @@ def _dump_tables(engine: Engine, target: Path) -> None:
 
 def build_cli() -> click.Group:
     """Return the root group with every plugin's commands added."""
+    from caqe_core.results_cli import add_commands
+
+    add_commands(cli)
     registry = load_registry()
     registry.hook.register_commands(cli=cli)
     return cli
