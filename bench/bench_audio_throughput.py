@@ -46,7 +46,9 @@ class AppFactory:
 
         @app.get("/plain/<name>")
         def plain(name: str) -> Any:
-            return send_from_directory(prepared, name, mimetype="audio/flac", conditional=True)
+            return send_from_directory(
+                prepared, name, mimetype="audio/flac", conditional=True
+            )
 
         return app
 
@@ -64,7 +66,10 @@ def download_all(urls: list[str], clients: int, seconds: float) -> tuple[int, fl
             totals[index] += len(response.content)
             position += 1
 
-    threads = [threading.Thread(target=client, args=(index,), daemon=True) for index in range(clients)]
+    threads = [
+        threading.Thread(target=client, args=(index,), daemon=True)
+        for index in range(clients)
+    ]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -76,7 +81,9 @@ def download_all(urls: list[str], clients: int, seconds: float) -> tuple[int, fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--rounds", type=int, default=3)
@@ -90,7 +97,9 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="caqe-bench-audio-"))
     database_url = f"sqlite:///{folder / 'bench.sqlite'}"
-    config_path = scale_study(folder / "study", items=4, stimuli=4, flow={"steps": ["trials"]})
+    config_path = scale_study(
+        folder / "study", items=4, stimuli=4, flow={"steps": ["trials"]}
+    )
     # Real music (the demo's codec stimuli, 48 kHz FLAC) in place of the test tones.
     import soundfile
 
@@ -131,11 +140,19 @@ def main() -> None:
         process.join(10)
 
     print(f"command: python {' '.join(sys.argv)}")
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
-    print(f"gunicorn {args.workers} workers; {args.clients} clients; {len(stimuli)} files of {size / 1e6:.2f} MB on average; {args.rounds} alternating rounds of {args.seconds:g} s")
+    print(
+        f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    )
+    print(
+        f"gunicorn {args.workers} workers; {args.clients} clients; {len(stimuli)} files of {size / 1e6:.2f} MB on average; {args.rounds} alternating rounds of {args.seconds:g} s"
+    )
     for name, values in rates.items():
-        print(f"{name}: median {statistics.median(values) / 1e6:.1f} MB/s (rounds: {', '.join(f'{v / 1e6:.1f}' for v in values)})")
-    ratio = statistics.median(rates["opaque URLs"]) / statistics.median(rates["plain static route"])
+        print(
+            f"{name}: median {statistics.median(values) / 1e6:.1f} MB/s (rounds: {', '.join(f'{v / 1e6:.1f}' for v in values)})"
+        )
+    ratio = statistics.median(rates["opaque URLs"]) / statistics.median(
+        rates["plain static route"]
+    )
     print(f"ratio opaque / plain: {ratio:.2f}")
 
 

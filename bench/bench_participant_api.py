@@ -46,7 +46,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_gunicorn(app_factory: Callable[[], Any], port: int, workers: int, threads: int) -> None:
+def run_gunicorn(
+    app_factory: Callable[[], Any], port: int, workers: int, threads: int
+) -> None:
     from gunicorn.app.base import BaseApplication
 
     class Application(BaseApplication):  # type: ignore[misc]
@@ -104,7 +106,9 @@ class CaqeFactory:
         factory = make_session_factory(engine)
         study = prepare_study(config, registry, factory, self.data_dir)
         engine.dispose()
-        return create_app(study, factory, b"bench-secret-key-0123456789abcdef", "admin", self.data_dir)
+        return create_app(
+            study, factory, b"bench-secret-key-0123456789abcdef", "admin", self.data_dir
+        )
 
 
 def wait_until_up(url: str, seconds: float = 30) -> None:
@@ -123,14 +127,21 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def load_loop(clients: int, seconds: float, warmup: float, one_client: Callable[[requests.Session, list[float], threading.Event], None]) -> tuple[int, list[float], float]:
+def load_loop(
+    clients: int,
+    seconds: float,
+    warmup: float,
+    one_client: Callable[[requests.Session, list[float], threading.Event], None],
+) -> tuple[int, list[float], float]:
     """Run the clients for warmup + seconds; return figures of the measured part only."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     stop = threading.Event()
     threads = []
     for index in range(clients):
         session = requests.Session()
-        thread = threading.Thread(target=one_client, args=(session, latencies[index], stop), daemon=True)
+        thread = threading.Thread(
+            target=one_client, args=(session, latencies[index], stop), daemon=True
+        )
         threads.append(thread)
     for thread in threads:
         thread.start()
@@ -143,52 +154,92 @@ def load_loop(clients: int, seconds: float, warmup: float, one_client: Callable[
     stop.set()
     for thread in threads:
         thread.join(timeout=30)
-    merged = [value for values, mark, count in zip(latencies, marks, counts) for value in values[mark:count]]
+    merged = [
+        value
+        for values, mark, count in zip(latencies, marks, counts)
+        for value in values[mark:count]
+    ]
     return len(merged), merged, elapsed
 
 
-def caqe_client(base: str) -> Callable[[requests.Session, list[float], threading.Event], None]:
-    def client(session: requests.Session, latencies: list[float], stop: threading.Event) -> None:
+def caqe_client(
+    base: str,
+) -> Callable[[requests.Session, list[float], threading.Event], None]:
+    def client(
+        session: requests.Session, latencies: list[float], stop: threading.Event
+    ) -> None:
         page_url = None
         while not stop.is_set():
             try:
                 if page_url is None:
-                    begun = session.post(f"{base}/lab/", allow_redirects=False, timeout=30)
+                    begun = session.post(
+                        f"{base}/lab/", allow_redirects=False, timeout=30
+                    )
                     page_url = base + begun.headers["Location"]
                 started = time.perf_counter()
                 page = session.get(page_url, timeout=30, allow_redirects=False)
                 latencies.append(time.perf_counter() - started)
-                match = re.search(r"<script id='trial' type='application/json'>(.*?)</script>", page.text)
+                match = re.search(
+                    r"<script id='trial' type='application/json'>(.*?)</script>",
+                    page.text,
+                )
                 if match is None:
                     page_url = None
                     continue
                 trial = json.loads(html.unescape(match.group(1)))
                 body = {
                     "idempotency_key": secrets.token_hex(12),
-                    "response": {"ratings": {signal["id"]: 5 for signal in trial["signals"]}},
-                    "events": [{"type": "play", "time": 10.0, "position": 0.0, "signal": trial["signals"][0]["id"]}],
+                    "response": {
+                        "ratings": {signal["id"]: 5 for signal in trial["signals"]}
+                    },
+                    "events": [
+                        {
+                            "type": "play",
+                            "time": 10.0,
+                            "position": 0.0,
+                            "signal": trial["signals"][0]["id"],
+                        }
+                    ],
                     "time_on_page_ms": 1000,
                 }
                 started = time.perf_counter()
-                answer = session.post(base + trial["submit"], json=body, headers={"X-CAQE-CSRF": trial["csrf"]}, timeout=30)
+                answer = session.post(
+                    base + trial["submit"],
+                    json=body,
+                    headers={"X-CAQE-CSRF": trial["csrf"]},
+                    timeout=30,
+                )
                 latencies.append(time.perf_counter() - started)
                 if answer.status_code != 200:
-                    raise RuntimeError(f"submit failed: {answer.status_code} {answer.text[:200]}")
+                    raise RuntimeError(
+                        f"submit failed: {answer.status_code} {answer.text[:200]}"
+                    )
             except requests.RequestException:
                 page_url = None
 
     return client
 
 
-def bare_client(base: str) -> Callable[[requests.Session, list[float], threading.Event], None]:
-    def client(session: requests.Session, latencies: list[float], stop: threading.Event) -> None:
+def bare_client(
+    base: str,
+) -> Callable[[requests.Session, list[float], threading.Event], None]:
+    def client(
+        session: requests.Session, latencies: list[float], stop: threading.Event
+    ) -> None:
         while not stop.is_set():
             try:
                 started = time.perf_counter()
                 session.get(f"{base}/trial", timeout=30)
                 latencies.append(time.perf_counter() - started)
                 started = time.perf_counter()
-                session.post(f"{base}/trial", json={"idempotency_key": secrets.token_hex(12), "response": {"ratings": {"s1": 5, "s2": 5, "s3": 5}}}, timeout=30)
+                session.post(
+                    f"{base}/trial",
+                    json={
+                        "idempotency_key": secrets.token_hex(12),
+                        "response": {"ratings": {"s1": 5, "s2": 5, "s3": 5}},
+                    },
+                    timeout=30,
+                )
                 latencies.append(time.perf_counter() - started)
             except requests.RequestException:
                 pass
@@ -208,18 +259,32 @@ def scratch_postgres(admin_url: str) -> tuple[str, Callable[[], None]]:
 
     def drop() -> None:
         with admin.connect() as connection:
-            connection.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name})
+            connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"
+                ),
+                {"n": name},
+            )
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
 
     return url.set(database=name).render_as_string(hide_password=False), drop
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--clients", type=int, default=200)
-    parser.add_argument("--seconds", type=float, default=20, help="measured seconds per server")
-    parser.add_argument("--warmup", type=float, default=10, help="unmeasured seconds before, while every client starts its first participant")
+    parser.add_argument(
+        "--seconds", type=float, default=20, help="measured seconds per server"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=10,
+        help="unmeasured seconds before, while every client starts its first participant",
+    )
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args()
@@ -243,21 +308,33 @@ def main() -> None:
     engine = make_engine(database_url)
     upgrade(engine)
     engine.dispose()
-    CaqeFactory(config_path, database_url, folder / "data")()  # prepare once, before forking
+    CaqeFactory(
+        config_path, database_url, folder / "data"
+    )()  # prepare once, before forking
 
     context = multiprocessing.get_context("fork")
     results = {}
     try:
         for name, factory, client in (
             ("bare Flask", bare_app, bare_client),
-            ("CAQE participant API", CaqeFactory(config_path, database_url, folder / "data"), caqe_client),
+            (
+                "CAQE participant API",
+                CaqeFactory(config_path, database_url, folder / "data"),
+                caqe_client,
+            ),
         ):
             port = free_port()
-            process = context.Process(target=run_gunicorn, args=(factory, port, args.workers, args.threads), daemon=True)
+            process = context.Process(
+                target=run_gunicorn,
+                args=(factory, port, args.workers, args.threads),
+                daemon=True,
+            )
             process.start()
             base = f"http://127.0.0.1:{port}"
             wait_until_up(base + ("/trial" if name == "bare Flask" else "/lab/"))
-            count, latencies, elapsed = load_loop(args.clients, args.seconds, args.warmup, client(base))
+            count, latencies, elapsed = load_loop(
+                args.clients, args.seconds, args.warmup, client(base)
+            )
             process.terminate()
             process.join(10)
             results[name] = {
@@ -271,10 +348,16 @@ def main() -> None:
         drop()
 
     print(f"command: python {' '.join(sys.argv)}")
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
-    print(f"database: {'PostgreSQL' if args.database_url else 'SQLite'}; gunicorn {args.workers} workers x {args.threads} threads; {args.clients} closed-loop clients, {args.warmup:g} s warm-up, {args.seconds:g} s measured")
+    print(
+        f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    )
+    print(
+        f"database: {'PostgreSQL' if args.database_url else 'SQLite'}; gunicorn {args.workers} workers x {args.threads} threads; {args.clients} closed-loop clients, {args.warmup:g} s warm-up, {args.seconds:g} s measured"
+    )
     for name, figures in results.items():
-        print(f"{name}: {figures['rps']:.0f} req/s, p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms ({figures['requests']} requests)")
+        print(
+            f"{name}: {figures['rps']:.0f} req/s, p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms ({figures['requests']} requests)"
+        )
     ratio = results["CAQE participant API"]["rps"] / results["bare Flask"]["rps"]
     print(f"throughput ratio CAQE / bare Flask: {ratio:.2f}")
 

@@ -19,7 +19,14 @@ from collections import Counter
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from caqe_core.models import Condition, Experiment, Participant, Reservation, Trial, utcnow
+from caqe_core.models import (
+    Condition,
+    Experiment,
+    Participant,
+    Reservation,
+    Trial,
+    utcnow,
+)
 from caqe_core.study import Study
 
 logger = logging.getLogger(__name__)
@@ -27,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 def as_utc(value: dt.datetime) -> dt.datetime:
     """SQLite returns naive datetimes; every stored time is UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def lock_experiment(session: Session, experiment_id: int) -> None:
@@ -64,14 +71,18 @@ def expire_reservations(session: Session, experiment_id: int, now: dt.datetime) 
 
 def change_load(session: Session, condition_id: int, delta: int) -> None:
     session.execute(
-        update(Condition).where(Condition.id == condition_id).values(load=Condition.load + delta)
+        update(Condition)
+        .where(Condition.id == condition_id)
+        .values(load=Condition.load + delta)
     )
 
 
 def condition_load(session: Session, experiment_id: int) -> Counter[int]:
     """Completed plus actively reserved trials per condition id."""
     rows = session.execute(
-        select(Condition.id, Condition.load).where(Condition.experiment_id == experiment_id)
+        select(Condition.id, Condition.load).where(
+            Condition.experiment_id == experiment_id
+        )
     ).all()
     return Counter({condition_id: load for condition_id, load in rows})
 
@@ -98,12 +109,14 @@ def ensure_reservations(
     """
     now = now or utcnow()
     assignment = study.config.core.assignment
-    wanted = assignment.conditions_per_participant
+    per_participant = assignment.conditions_per_participant
     lifetime = dt.timedelta(minutes=assignment.reservation_minutes)
 
-    held = _reservations_in_hand(session_factory, participant_id, wanted, now + lifetime / 2)
-    if held is not None:
-        return held
+    in_hand = _reservations_in_hand(
+        session_factory, participant_id, per_participant, now + lifetime / 2
+    )
+    if in_hand is not None:
+        return in_hand
 
     with session_factory() as session, session.begin():
         lock_experiment(session, study.experiment_id)
@@ -126,31 +139,41 @@ def ensure_reservations(
         )
 
         for reservation in own:
-            if reservation.status == "expired" and load[reservation.condition_id] < targets.get(
-                reservation.condition_id, 0
-            ):
+            if reservation.status == "expired" and load[
+                reservation.condition_id
+            ] < targets.get(reservation.condition_id, 0):
                 reservation.status = "active"
                 reservation.expires_at = now + lifetime
                 load[reservation.condition_id] += 1
                 change_load(session, reservation.condition_id, 1)
-            elif reservation.status == "active" and as_utc(reservation.expires_at) < now + lifetime / 2:
+            elif (
+                reservation.status == "active"
+                and as_utc(reservation.expires_at) < now + lifetime / 2
+            ):
                 reservation.expires_at = now + lifetime
 
-        held = sum(1 for reservation in own if reservation.status in ("active", "completed"))
-        missing = wanted - held
+        held = sum(
+            1 for reservation in own if reservation.status in ("active", "completed")
+        )
+        missing = per_participant - held
         if missing > 0:
             taken = {reservation.condition_id for reservation in own}
-            rng = random.Random(f"{study.config.core.experiment.seed}:{participant.public_id}")
+            rng = random.Random(
+                f"{study.config.core.experiment.seed}:{participant.public_id}"
+            )
             candidates = [
                 condition_id
                 for condition_id in targets
-                if condition_id not in taken and load[condition_id] < targets[condition_id]
+                if condition_id not in taken
+                and load[condition_id] < targets[condition_id]
             ]
             rng.shuffle(candidates)
             candidates.sort(key=lambda condition_id: load[condition_id])
             chosen = candidates[:missing]
             rng.shuffle(chosen)
-            next_position = max((reservation.position for reservation in own), default=-1) + 1
+            next_position = (
+                max((reservation.position for reservation in own), default=-1) + 1
+            )
             for offset, condition_id in enumerate(chosen):
                 view = study.conditions[condition_id]
                 plan_rng = random.Random(
@@ -186,7 +209,7 @@ def ensure_reservations(
 def _reservations_in_hand(
     session_factory: sessionmaker[Session],
     participant_id: int,
-    wanted: int,
+    per_participant: int,
     renew_before: dt.datetime,
 ) -> Assigned | None:
     """Return the active reservations when nothing needs the experiment lock.
@@ -201,9 +224,15 @@ def _reservations_in_hand(
             .where(Reservation.participant_id == participant_id)
             .order_by(Reservation.position)
         ).all()
-        held = [reservation for reservation in own if reservation.status in ("active", "completed")]
+        held = [
+            reservation
+            for reservation in own
+            if reservation.status in ("active", "completed")
+        ]
         active = [reservation for reservation in own if reservation.status == "active"]
-        if len(held) < wanted or any(reservation.status == "expired" for reservation in own):
+        if len(held) < per_participant or any(
+            reservation.status == "expired" for reservation in own
+        ):
             return None
         if any(as_utc(reservation.expires_at) < renew_before for reservation in active):
             return None
@@ -213,6 +242,11 @@ def _reservations_in_hand(
 
 
 def completed_count(session: Session, participant_id: int) -> int:
-    return session.scalar(
-        select(func.count()).select_from(Trial).where(Trial.participant_id == participant_id)
-    ) or 0
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Trial)
+            .where(Trial.participant_id == participant_id)
+        )
+        or 0
+    )

@@ -40,7 +40,9 @@ class AudioInfo:
 def inspect_audio(path: Path, where: str) -> AudioInfo:
     """Read a file's header; ``where`` says which config key named it."""
     if not path.exists():
-        raise AudioError(f"{where}: audio file not found: {path}. Check the path and audio.root.")
+        raise AudioError(
+            f"{where}: audio file not found: {path}. Check the path and audio.root."
+        )
     if not path.is_file():
         raise AudioError(f"{where}: {path} is not a file. Name an audio file.")
     try:
@@ -58,7 +60,9 @@ def read_audio(path: Path, where: str) -> tuple[np.ndarray, int]:
     try:
         data, rate = sf.read(str(path), dtype="float64", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as error:
-        raise AudioError(f"{where}: cannot decode {path} ({error}). Re-encode the file.") from None
+        raise AudioError(
+            f"{where}: cannot decode {path} ({error}). Re-encode the file."
+        ) from None
     return data, int(rate)
 
 
@@ -85,7 +89,9 @@ def prepare_copy(data: np.ndarray, rate: int, prepared_dir: Path) -> tuple[Path,
     away from the listener.
     """
     pcm = np.clip(np.round(data * 32767.0), -32768, 32767).astype("<i2")
-    digest = hashlib.sha256(pcm.tobytes() + struct.pack("<II", rate, data.shape[1])).hexdigest()
+    digest = hashlib.sha256(
+        pcm.tobytes() + struct.pack("<II", rate, data.shape[1])
+    ).hexdigest()
     prepared_dir.mkdir(parents=True, exist_ok=True)
     target = prepared_dir / f"{digest[:32]}.flac"
     if not target.exists():
@@ -108,7 +114,9 @@ class AudioTokens:
         self._cipher = AESSIV(key)
 
     def encode(self, participant_id: int, stimulus_id: int) -> str:
-        sealed = self._cipher.encrypt(struct.pack("<QQ", participant_id, stimulus_id), None)
+        sealed = self._cipher.encrypt(
+            struct.pack("<QQ", participant_id, stimulus_id), None
+        )
         return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
 
     def decode(self, token: str) -> tuple[int, int] | None:

@@ -77,7 +77,9 @@ def alembic_config(url: str):  # type: ignore[no-untyped-def]
 
     config = Config()
     config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-    config.set_main_option("sqlalchemy.url", resolve_database_url(url).replace("%", "%%"))
+    config.set_main_option(
+        "sqlalchemy.url", resolve_database_url(url).replace("%", "%%")
+    )
     return config
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
@@ -50,8 +51,8 @@ class StimulusSpec:
     key: str
     """Name unique within the condition, usually the system's name."""
     role: str
-    """What the signal is: ``reference``, ``hidden_reference``, ``anchor`` or
-    ``system``; a test type may define more roles."""
+    """Kind of signal, such as ``reference``, ``hidden_reference``,
+    ``anchor`` or ``system``. A test type may define more roles."""
     path: Path
     """The audio file, from the config or generated at preparation."""
     config_key: str | None = None
@@ -102,7 +103,7 @@ class ConditionView:
 
 @dataclass
 class PrepareContext:
-    """What a test type gets when it turns a config into conditions."""
+    """Input of ``TestType.build_conditions``."""
 
     config: StudyConfig
     section: Any
@@ -138,7 +139,7 @@ class TrialPage:
 
 @dataclass
 class StepPage:
-    """What a flow step gets when it renders or handles a submission."""
+    """Input of a flow step's ``render`` and ``submit``."""
 
     participant: Participant
     section: Any
@@ -172,7 +173,7 @@ class StepOutcome:
 
 @dataclass
 class CompletionPage:
-    """What a recruiter gets when it renders the end of a session."""
+    """Input of ``Recruiter.render_completion``."""
 
     participant: Participant
     section: Any
@@ -250,7 +251,7 @@ class TestType:
         raise NotImplementedError
 
     def has_training(self, section: Any) -> bool:
-        """Return True when the study's config asks for a training page."""
+        """Return True when the study's config enables a training page."""
         return False
 
     def render_training(self, page: TrialPage) -> str:

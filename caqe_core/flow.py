@@ -40,7 +40,9 @@ def start_participant(
             .values(participant_counter=Experiment.participant_counter + 1)
         )
         sequence = session.scalar(
-            select(Experiment.participant_counter).where(Experiment.id == study.experiment_id)
+            select(Experiment.participant_counter).where(
+                Experiment.id == study.experiment_id
+            )
         )
         participant = Participant(
             experiment_id=study.experiment_id,
@@ -104,19 +106,31 @@ def end_session(participant: Participant, status: str) -> None:
     participant.finished_at = utcnow()
 
 
-def notify_finished(session_factory: sessionmaker[Session], study: Study, participant_id: int) -> None:
+def notify_finished(
+    session_factory: sessionmaker[Session], study: Study, participant_id: int
+) -> None:
     with session_factory() as session, session.begin():
         participant = session.get(Participant, participant_id)
         experiment = session.get(Experiment, study.experiment_id)
         study.registry.hook.participant_finished(
             participant=participant, experiment=experiment, session=session
         )
-    logger.info("Participant %s finished with status %s", participant_id, participant.status if participant else "?")
+    logger.info(
+        "Participant %s finished with status %s",
+        participant_id,
+        participant.status if participant else "?",
+    )
 
 
 def pending_reservations(session: Session, participant_id: int) -> int:
-    return session.scalar(
-        select(func.count())
-        .select_from(Reservation)
-        .where(Reservation.participant_id == participant_id, Reservation.status == "active")
-    ) or 0
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Reservation)
+            .where(
+                Reservation.participant_id == participant_id,
+                Reservation.status == "active",
+            )
+        )
+        or 0
+    )

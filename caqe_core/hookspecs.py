@@ -7,7 +7,8 @@ docs/plugins.md documents each hook with an example.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 

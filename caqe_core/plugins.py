@@ -5,8 +5,9 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 
@@ -52,7 +53,9 @@ class Registry:
     def plugin_infos(self) -> list[PluginInfo]:
         infos = []
         for name, plugin in self.pm.list_name_plugin():
-            hooks = sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or [])
+            hooks = sorted(
+                caller.name for caller in self.pm.get_hookcallers(plugin) or []
+            )
             infos.append(
                 PluginInfo(
                     name=name,
@@ -146,7 +149,9 @@ def _check_pending(pm: pluggy.PluginManager) -> None:
         for caller in pm.get_hookcallers(plugin) or []:
             if caller.spec is None:
                 known = sorted(
-                    hook for hook in dir(hookspecs) if hasattr(getattr(hookspecs, hook), "caqe_spec")
+                    hook
+                    for hook in dir(hookspecs)
+                    if hasattr(getattr(hookspecs, hook), "caqe_spec")
                 )
                 import difflib
 
@@ -160,15 +165,29 @@ def _check_pending(pm: pluggy.PluginManager) -> None:
 
 def _collect(registry: Registry) -> None:
     collections: list[tuple[str, type, dict[str, Any], tuple[str, ...]]] = [
-        ("register_test_types", TestType, registry.test_types, ("name", "title", "config_model")),
-        ("register_recruiters", Recruiter, registry.recruiters, ("name", "title", "entry_endpoint")),
+        (
+            "register_test_types",
+            TestType,
+            registry.test_types,
+            ("name", "title", "config_model"),
+        ),
+        (
+            "register_recruiters",
+            Recruiter,
+            registry.recruiters,
+            ("name", "title", "entry_endpoint"),
+        ),
         ("register_flow_steps", FlowStep, registry.flow_steps, ("name", "title")),
     ]
     for hook_name, base, target, attributes in collections:
         caller = getattr(registry.pm.hook, hook_name)
         for impl in caller.get_hookimpls():
             plugin_name = registry.pm.get_name(impl.plugin) or repr(impl.plugin)
-            impl.function(register=_make_register(plugin_name, hook_name, base, target, attributes, registry))
+            impl.function(
+                register=_make_register(
+                    plugin_name, hook_name, base, target, attributes, registry
+                )
+            )
 
 
 def _make_register(
@@ -199,7 +218,9 @@ def _make_register(
             )
         target[obj.name] = obj
         kind = hook_name.removeprefix("register_")
-        registry.provided.setdefault(plugin_name, {}).setdefault(kind, []).append(obj.name)
+        registry.provided.setdefault(plugin_name, {}).setdefault(kind, []).append(
+            obj.name
+        )
 
     return register
 

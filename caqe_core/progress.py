@@ -16,7 +16,13 @@ def progress_summary(session: Session, study: Study) -> dict[str, Any]:
     """Per-condition completed and reserved trials, and participants by status."""
     now = utcnow()
     rows = session.execute(
-        select(Condition.id, Condition.key, Condition.item, Condition.scale, Condition.target)
+        select(
+            Condition.id,
+            Condition.key,
+            Condition.item,
+            Condition.scale,
+            Condition.target,
+        )
         .where(Condition.experiment_id == study.experiment_id)
         .order_by(Condition.position)
     ).all()

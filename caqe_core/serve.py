@@ -52,7 +52,9 @@ def serve(
 
     def when_ready(_server: Any) -> None:
         click.echo("")
-        click.echo(f"Serving {study.name!r} ({study.config.core.test_type}, recruiter {study.config.core.recruiter})")
+        click.echo(
+            f"Serving {study.name!r} ({study.config.core.test_type}, recruiter {study.config.core.recruiter})"
+        )
         click.echo(f"  Participant URL: {base}/")
         click.echo(f"  Admin URL:       {base}/admin/?token={admin_password}")
         click.echo(f"  Database:        {database}")

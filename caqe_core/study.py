@@ -19,8 +19,22 @@ import yaml
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from caqe_core.audio import AudioError, AudioInfo, find_clipping, inspect_audio, prepare_copy, read_audio
-from caqe_core.config import ConfigError, StudyConfig, format_problem, line_for, parse_config, parse_dotted
+from caqe_core.audio import (
+    AudioError,
+    AudioInfo,
+    find_clipping,
+    inspect_audio,
+    prepare_copy,
+    read_audio,
+)
+from caqe_core.config import (
+    ConfigError,
+    StudyConfig,
+    format_problem,
+    line_for,
+    parse_config,
+    parse_dotted,
+)
 from caqe_core.extension import (
     ConditionSpec,
     ConditionView,
@@ -88,7 +102,12 @@ class Study:
                 for stimulus in row.stimuli
             }
             views[row.id] = ConditionView(
-                id=row.id, key=row.key, item=row.item, scale=row.scale, data=row.data, stimuli=stimuli
+                id=row.id,
+                key=row.key,
+                item=row.item,
+                scale=row.scale,
+                data=row.data,
+                stimuli=stimuli,
             )
         self.conditions = views
 
@@ -100,12 +119,20 @@ def _where(config: StudyConfig, key: str | None) -> str:
     return f"{config.path}:{line}: {key}" if line else f"{config.path}: {key}"
 
 
-def check_study(config: StudyConfig, registry: Registry, generated_dir: Path) -> CheckedStudy:
+def check_study(
+    config: StudyConfig, registry: Registry, generated_dir: Path
+) -> CheckedStudy:
     """Build the conditions and check their audio; raise ConfigError listing every problem."""
     try:
         test_type = registry.test_type(config.core.test_type)
     except PluginError as error:
-        raise ConfigError([format_problem(config.path, config.line_of("test_type"), "test_type", str(error))]) from None
+        raise ConfigError(
+            [
+                format_problem(
+                    config.path, config.line_of("test_type"), "test_type", str(error)
+                )
+            ]
+        ) from None
     root = config.audio_root
     if not root.is_dir():
         raise ConfigError(
@@ -119,7 +146,9 @@ def check_study(config: StudyConfig, registry: Registry, generated_dir: Path) ->
                 )
             ]
         )
-    context = PrepareContext(config=config, section=config.test_type_section, generated_dir=generated_dir)
+    context = PrepareContext(
+        config=config, section=config.test_type_section, generated_dir=generated_dir
+    )
     try:
         specs = test_type.build_conditions(context)
     except StudyDefinitionError as error:
@@ -130,12 +159,19 @@ def check_study(config: StudyConfig, registry: Registry, generated_dir: Path) ->
     problems: list[str] = []
     if not specs:
         problems.append(
-            format_problem(config.path, config.line_of(config.core.test_type), config.core.test_type, "the study defines no conditions. Add at least one item.")
+            format_problem(
+                config.path,
+                config.line_of(config.core.test_type),
+                config.core.test_type,
+                "the study defines no conditions. Add at least one item.",
+            )
         )
     seen: set[str] = set()
     for spec in specs:
         if spec.key in seen:
-            problems.append(f"{_where(config, spec.config_key)}: condition {spec.key!r} is defined twice. Give each item a unique name.")
+            problems.append(
+                f"{_where(config, spec.config_key)}: condition {spec.key!r} is defined twice. Give each item a unique name."
+            )
         seen.add(spec.key)
     for key in config.core.assignment.condition_targets:
         if key not in seen:
@@ -152,13 +188,17 @@ def check_study(config: StudyConfig, registry: Registry, generated_dir: Path) ->
     return CheckedStudy(config=config, specs=specs, infos=infos)
 
 
-def _check_condition(config: StudyConfig, spec: ConditionSpec, infos: dict[Path, AudioInfo]) -> list[str]:
+def _check_condition(
+    config: StudyConfig, spec: ConditionSpec, infos: dict[Path, AudioInfo]
+) -> list[str]:
     problems: list[str] = []
     audio = config.core.audio
     keys = [stimulus.key for stimulus in spec.stimuli]
     duplicates = sorted({key for key in keys if keys.count(key) > 1})
     if duplicates:
-        problems.append(f"{_where(config, spec.config_key)}: stimulus names {duplicates} appear twice in condition {spec.key!r}. Rename them.")
+        problems.append(
+            f"{_where(config, spec.config_key)}: stimulus names {duplicates} appear twice in condition {spec.key!r}. Rename them."
+        )
     good: list[tuple[str, AudioInfo]] = []
     for stimulus in spec.stimuli:
         where = _where(config, stimulus.config_key)
@@ -236,24 +276,32 @@ def prepare_study(
     for name in config.core.flow.steps:
         step = registry.flow_steps.get(name)
         if step is not None:
-            step.prepare(config.section(name), config, generated_dir(data_dir, config.name))
+            step.prepare(
+                config.section(name), config, generated_dir(data_dir, config.name)
+            )
 
     prepared: dict[Path, tuple[Path, str]] = {}
     for spec in checked.specs:
         for stimulus in spec.stimuli:
             if stimulus.path not in prepared:
                 data, rate = read_audio(stimulus.path, str(stimulus.path))
-                prepared[stimulus.path] = prepare_copy(data, rate, prepared_dir(data_dir))
+                prepared[stimulus.path] = prepare_copy(
+                    data, rate, prepared_dir(data_dir)
+                )
 
     study_hash = _study_hash(config, checked, prepared)
     with session_factory() as session, session.begin():
-        experiment = session.scalar(select(Experiment).where(Experiment.name == config.name))
+        experiment = session.scalar(
+            select(Experiment).where(Experiment.name == config.name)
+        )
         if experiment is not None and experiment.config_hash == study_hash:
             experiment_id = experiment.id
         else:
             if experiment is not None:
                 participants = session.scalar(
-                    select(func.count()).select_from(Participant).where(Participant.experiment_id == experiment.id)
+                    select(func.count())
+                    .select_from(Participant)
+                    .where(Participant.experiment_id == experiment.id)
                 )
                 if participants:
                     raise StudyConflictError(
@@ -263,8 +311,12 @@ def prepare_study(
                         "Give the changed study a new experiment.name, or back up and clear the "
                         "database with 'caqe db reset'."
                     )
-                session.execute(delete(Stimulus).where(Stimulus.experiment_id == experiment.id))
-                session.execute(delete(Condition).where(Condition.experiment_id == experiment.id))
+                session.execute(
+                    delete(Stimulus).where(Stimulus.experiment_id == experiment.id)
+                )
+                session.execute(
+                    delete(Condition).where(Condition.experiment_id == experiment.id)
+                )
             else:
                 experiment = Experiment(name=config.name)
                 session.add(experiment)
@@ -272,7 +324,11 @@ def prepare_study(
             session.flush()
             _store_conditions(session, experiment, config, checked, prepared)
             experiment_id = experiment.id
-            logger.info("Prepared experiment %s (%d conditions)", config.name, len(checked.specs))
+            logger.info(
+                "Prepared experiment %s (%d conditions)",
+                config.name,
+                len(checked.specs),
+            )
 
     study = Study(config=config, experiment_id=experiment_id, registry=registry)
     with session_factory() as session:
@@ -280,16 +336,26 @@ def prepare_study(
     return study
 
 
-def _study_hash(config: StudyConfig, checked: CheckedStudy, prepared: dict[Path, tuple[Path, str]]) -> str:
+def _study_hash(
+    config: StudyConfig, checked: CheckedStudy, prepared: dict[Path, tuple[Path, str]]
+) -> str:
     parts = [config.hash()]
     for spec in checked.specs:
-        parts.append(json.dumps([spec.key, spec.item, spec.scale, spec.data], sort_keys=True, default=str))
+        parts.append(
+            json.dumps(
+                [spec.key, spec.item, spec.scale, spec.data],
+                sort_keys=True,
+                default=str,
+            )
+        )
         for stimulus in spec.stimuli:
             parts.append(f"{stimulus.key}:{stimulus.role}:{prepared[stimulus.path][1]}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def _fill_experiment(experiment: Experiment, config: StudyConfig, study_hash: str) -> None:
+def _fill_experiment(
+    experiment: Experiment, config: StudyConfig, study_hash: str
+) -> None:
     experiment.title = config.core.experiment.title
     experiment.test_type = config.core.test_type
     experiment.recruiter = config.core.recruiter
@@ -299,7 +365,8 @@ def _fill_experiment(experiment: Experiment, config: StudyConfig, study_hash: st
     experiment.config_data = {
         "core": config.core.model_dump(mode="json"),
         "sections": {
-            name: section.model_dump(mode="json") for name, section in config.sections.items()
+            name: section.model_dump(mode="json")
+            for name, section in config.sections.items()
         },
     }
 
@@ -365,11 +432,17 @@ def load_study_from_database(
                 )
             experiment = experiments[0]
         else:
-            matches = [experiment for experiment in experiments if experiment.name == name]
+            matches = [
+                experiment for experiment in experiments if experiment.name == name
+            ]
             if not matches:
-                raise LookupError(f"No study named {name!r}. Studies in the database: {', '.join(names)}.")
+                raise LookupError(
+                    f"No study named {name!r}. Studies in the database: {', '.join(names)}."
+                )
             experiment = matches[0]
-        config = parse_config(Path(experiment.config_path), experiment.config_text, registry)
+        config = parse_config(
+            Path(experiment.config_path), experiment.config_text, registry
+        )
         study = Study(config=config, experiment_id=experiment.id, registry=registry)
         study.load_conditions(session)
         return study

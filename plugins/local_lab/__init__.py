@@ -98,18 +98,27 @@ def begin() -> Any:
             )
         )
         if job is None:
-            return _start_error(f"The code {code} is not valid. Check it and try again.")
+            return _start_error(
+                f"The code {code} is not valid. Check it and try again."
+            )
         existing = session.scalar(
             select(Participant).where(
-                Participant.experiment_id == study.experiment_id, Participant.external_id == code
+                Participant.experiment_id == study.experiment_id,
+                Participant.external_id == code,
             )
         )
         if existing is not None:
             # The same code continues the same session, so a closed tab is not lost.
-            return redirect(url_for("participant.page", token=participant_token(existing.public_id)))
+            return redirect(
+                url_for("participant.page", token=participant_token(existing.public_id))
+            )
         external_id = code
-    participant = start_participant(state().session_factory, study, NAME, external_id=external_id)
-    return redirect(url_for("participant.page", token=participant_token(participant.public_id)))
+    participant = start_participant(
+        state().session_factory, study, NAME, external_id=external_id
+    )
+    return redirect(
+        url_for("participant.page", token=participant_token(participant.public_id))
+    )
 
 
 def _start_error(message: str) -> Any:
@@ -119,7 +128,9 @@ def _start_error(message: str) -> Any:
     html = render_template(
         "caqe_local_lab/start.html",
         section=_section(),
-        description=Markup(render_markdown(current_study().config.core.experiment.description)),
+        description=Markup(
+            render_markdown(current_study().config.core.experiment.description)
+        ),
         error=message,
     )
     return html, 422
@@ -136,7 +147,9 @@ def register_routes(app: Any) -> None:
 
 
 def generate_codes(count: int) -> list[str]:
-    return ["".join(secrets.choice(CODE_ALPHABET) for _ in range(8)) for _ in range(count)]
+    return [
+        "".join(secrets.choice(CODE_ALPHABET) for _ in range(8)) for _ in range(count)
+    ]
 
 
 @hookimpl
@@ -149,10 +162,20 @@ def register_commands(cli: click.Group) -> None:
 
     @lab.command("codes")
     @click.argument("count", type=click.IntRange(1, 100_000))
-    @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the codes to this CSV file instead of printing them.")
+    @click.option(
+        "--csv",
+        "csv_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Write the codes to this CSV file instead of printing them.",
+    )
     @database_options
     @experiment_option
-    def codes(count: int, csv_path: Path | None, database_url: str | None, experiment: str | None) -> None:
+    def codes(
+        count: int,
+        csv_path: Path | None,
+        database_url: str | None,
+        experiment: str | None,
+    ) -> None:
         """Create COUNT participant codes for the study and print them."""
         context = make_context(database_url)
         study = context.study(experiment)

@@ -51,7 +51,9 @@ class ScaleTestType(TestType):
         specs = []
         for index, item in enumerate(context.section.items):
             if len(item.stimuli) < 2:
-                raise StudyDefinitionError(f"scale.items[{index}].stimuli", "needs at least two stimuli.")
+                raise StudyDefinitionError(
+                    f"scale.items[{index}].stimuli", "needs at least two stimuli."
+                )
             specs.append(
                 ConditionSpec(
                     key=item.name,
@@ -71,14 +73,22 @@ class ScaleTestType(TestType):
             )
         return specs
 
-    def plan_trial(self, condition: ConditionView, rng: random.Random, participant_sequence: int) -> dict[str, Any]:
+    def plan_trial(
+        self, condition: ConditionView, rng: random.Random, participant_sequence: int
+    ) -> dict[str, Any]:
         keys = list(condition.stimuli)
         rng.shuffle(keys)
-        return {"signals": [{"id": f"s{index + 1}", "stimulus": key} for index, key in enumerate(keys)]}
+        return {
+            "signals": [
+                {"id": f"s{index + 1}", "stimulus": key}
+                for index, key in enumerate(keys)
+            ]
+        }
 
     def render_trial(self, page: TrialPage) -> str:
         signals = [
-            {"id": signal["id"], "url": page.signal_urls[signal["id"]]} for signal in page.plan["signals"]
+            {"id": signal["id"], "url": page.signal_urls[signal["id"]]}
+            for signal in page.plan["signals"]
         ]
         return (
             "<!doctype html><html><body>"
@@ -93,21 +103,33 @@ class ScaleTestType(TestType):
             raise ResponseError("response", "must be an object.")
         ratings = response.get("ratings")
         if not isinstance(ratings, dict):
-            raise ResponseError("response.ratings", "must be an object of ratings by signal id.")
+            raise ResponseError(
+                "response.ratings", "must be an object of ratings by signal id."
+            )
         expected = {signal["id"] for signal in page.plan["signals"]}
         for label in ratings:
             if label not in expected:
-                raise ResponseError(f"response.ratings.{label}", "is not a signal of this trial.")
+                raise ResponseError(
+                    f"response.ratings.{label}", "is not a signal of this trial."
+                )
         for label in sorted(expected):
             value = ratings.get(label)
             if label not in ratings:
                 raise ResponseError(f"response.ratings.{label}", "is missing.")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 10:
-                raise ResponseError(f"response.ratings.{label}", "must be a number from 0 to 10.")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not 0 <= value <= 10
+            ):
+                raise ResponseError(
+                    f"response.ratings.{label}", "must be a number from 0 to 10."
+                )
         return {"ratings": {label: float(ratings[label]) for label in sorted(expected)}}
 
     def export_rows(self, trial: Mapping[str, Any]) -> list[dict[str, Any]]:
-        labels = {signal["id"]: signal["stimulus"] for signal in trial["plan"]["signals"]}
+        labels = {
+            signal["id"]: signal["stimulus"] for signal in trial["plan"]["signals"]
+        }
         return [
             {"system": labels[label], "value": value}
             for label, value in trial["response"]["ratings"].items()

@@ -45,7 +45,9 @@ class ServedStudy:
             self._server = None
 
 
-def build_study(config_path: Path, database_url: str, registry: Registry, data_dir: Path) -> ServedStudy:
+def build_study(
+    config_path: Path, database_url: str, registry: Registry, data_dir: Path
+) -> ServedStudy:
     """Load, prepare and wrap a study in an app (not yet listening)."""
     config = load_config(config_path, registry)
     engine = make_engine(database_url)

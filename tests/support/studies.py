@@ -12,7 +12,14 @@ import yaml
 SAMPLE_RATE = 16000
 
 
-def write_tone(path: Path, frequency: float, seconds: float = 1.0, rate: int = SAMPLE_RATE, level: float = 0.3, channels: int = 1) -> Path:
+def write_tone(
+    path: Path,
+    frequency: float,
+    seconds: float = 1.0,
+    rate: int = SAMPLE_RATE,
+    level: float = 0.3,
+    channels: int = 1,
+) -> Path:
     t = np.arange(int(seconds * rate)) / rate
     signal = level * np.sin(2 * np.pi * frequency * t)
     if channels > 1:
@@ -22,7 +29,9 @@ def write_tone(path: Path, frequency: float, seconds: float = 1.0, rate: int = S
     return path
 
 
-def scale_study(folder: Path, items: int = 3, stimuli: int = 3, **overrides: Any) -> Path:
+def scale_study(
+    folder: Path, items: int = 3, stimuli: int = 3, **overrides: Any
+) -> Path:
     """Write a study of the test-only 'scale' test type and return the config path."""
     config: dict[str, Any] = {
         "experiment": {"name": "scale-study", "title": "Scale test"},
@@ -36,7 +45,10 @@ def scale_study(folder: Path, items: int = 3, stimuli: int = 3, **overrides: Any
         entry = {"name": f"item{item}", "stimuli": {}}
         for index in range(stimuli):
             name = f"system{index}"
-            write_tone(folder / "audio" / f"item{item}" / f"{name}.wav", 220.0 * (index + 1) + item)
+            write_tone(
+                folder / "audio" / f"item{item}" / f"{name}.wav",
+                220.0 * (index + 1) + item,
+            )
             entry["stimuli"][name] = f"item{item}/{name}.wav"
         config["scale"]["items"].append(entry)
     for key, value in overrides.items():
