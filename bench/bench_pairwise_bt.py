@@ -31,18 +31,22 @@ from caqe_pairwise.scoring import DEFAULT_ALPHA, bradley_terry, simulate_judgeme
 
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--participants", type=int, default=2000)
+    parser.add_argument(
+        "--participants", type=int, default=2000, help="simulated participants"
+    )
     parser.add_argument(
         "--judgements", type=int, default=500, help="judgements per participant"
     )
-    parser.add_argument("--systems", type=int, default=50)
+    parser.add_argument("--systems", type=int, default=50, help="number of systems")
     parser.add_argument(
         "--n-bootstrap", type=int, default=1000, help="bootstrap replicates"
     )
     parser.add_argument(
         "--repeats", type=int, default=3, help="timed runs of each method"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the simulated data"
+    )
     return parser.parse_args()
 
 
