@@ -151,7 +151,7 @@ def _http_error(error: HTTPException) -> Any:
     else:
         message = error.description or error.name
     if _wants_json():
-        return json_error(status, message)
+        return json_error(status, message, "body" if status == 413 else None)
     return render_template("caqe/error.html", status=status, message=message), status
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -24,6 +25,7 @@ from caqe_core.models import (
     utcnow,
 )
 from caqe_core.web import (
+    MAX_REQUEST_BYTES,
     check_csrf,
     csrf_token,
     current_study,
@@ -249,11 +251,11 @@ def submit_trial(token: str, reservation_id: str) -> Any:
     participant = _load_participant(token)
     if participant is None:
         return json_error(404, "Unknown participant token.", "token")
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        return json_error(400, "The request body must be a JSON object.", "body")
     if not check_csrf(participant.public_id, request.headers.get("X-CAQE-CSRF")):
         return json_error(403, "Missing or invalid X-CAQE-CSRF header. Reload the page.", "X-CAQE-CSRF")
+    body = _json_object_body()
+    if not isinstance(body, dict):
+        return body
     key = body.get("idempotency_key")
     low, high = IDEMPOTENCY_KEY_LENGTH
     if not isinstance(key, str) or not low <= len(key) <= high:
@@ -348,18 +350,46 @@ def submit_trial(token: str, reservation_id: str) -> Any:
     return acknowledgement
 
 
+def _json_object_body() -> Any:
+    """Return the request's JSON object, or the JSON error response to send instead."""
+    if not request.is_json:
+        return json_error(
+            415,
+            f"Send the response as application/json, not {request.mimetype or 'no type'!r}.",
+            "Content-Type",
+        )
+    data = request.get_data(cache=True)
+    if request.content_length is None and len(data) >= MAX_REQUEST_BYTES:
+        # Werkzeug cuts a chunked body off at the limit instead of rejecting it.
+        return json_error(413, f"The request body is larger than {MAX_REQUEST_BYTES} bytes.", "body")
+    try:
+        body = json.loads(data, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as error:
+        message = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        return json_error(400, f"The request body is not valid JSON: {message}.", "body")
+    if not isinstance(body, dict):
+        return json_error(400, "The request body must be a JSON object.", "body")
+    return body
+
+
+def _reject_constant(name: str) -> Any:
+    # Python's json module accepts NaN and Infinity, which JSON does not
+    # allow and PostgreSQL's JSON columns reject.
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _validate_events(events: Any, plan: dict[str, Any], allowed: frozenset[str]) -> list[dict[str, Any]]:
     if not isinstance(events, list):
         raise ResponseError("events", "must be a list of event objects.")
     if len(events) > MAX_EVENTS:
         raise ResponseError("events", f"at most {MAX_EVENTS} events are accepted per trial.")
-    labels = {signal["id"] for signal in plan["signals"]} | {None}
+    labels = [signal["id"] for signal in plan["signals"]]
     cleaned = []
     for index, event in enumerate(events):
         where = f"events[{index}]"
         if not isinstance(event, dict):
             raise ResponseError(where, "must be an object.")
-        if event.get("type") not in allowed:
+        if not isinstance(event.get("type"), str) or event["type"] not in allowed:
             raise ResponseError(f"{where}.type", f"must be one of {', '.join(sorted(allowed))}.")
         time = event.get("time")
         if not _is_number(time) or time < 0:
@@ -368,7 +398,8 @@ def _validate_events(events: Any, plan: dict[str, Any], allowed: frozenset[str])
         if position is not None and (not _is_number(position) or position < 0):
             raise ResponseError(f"{where}.position", "must be a non-negative number of seconds.")
         for field in ("from", "to", "signal"):
-            if event.get(field) not in labels:
+            # A list or object never equals a label, so it is rejected here too.
+            if event.get(field) is not None and event.get(field) not in labels:
                 raise ResponseError(f"{where}.{field}", "names no signal of this trial.")
         extra = {key: value for key, value in event.items() if _is_scalar(value)}
         if len(extra) > 20:
