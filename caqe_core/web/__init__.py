@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,9 @@ class WebState:
     data_dir: Path
     audio_tokens: AudioTokens
     participant_tokens: URLSafeSerializer
+    audio_paths: dict[int, Path] = field(default_factory=dict)
+    """Served file of each stimulus id, filled on first request. Stimuli
+    never change while a study is served, so the cache needs no expiry."""
 
 
 def state() -> WebState:

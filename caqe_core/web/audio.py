@@ -19,10 +19,6 @@ logger = logging.getLogger(__name__)
 
 bp = Blueprint("audio", __name__)
 
-# Stimulus id to served path. Stimuli never change while a study is served,
-# so this holds no per-participant state and is safe in every worker.
-_paths: dict[int, Path] = {}
-
 
 def stimulus_url(participant_id: int, stimulus_id: int) -> str:
     token = state().audio_tokens.encode(participant_id, stimulus_id)
@@ -66,7 +62,10 @@ def serve(token: str) -> Any:
     if decoded is None:
         abort(404, "Unknown audio URL.")
     _participant_id, stimulus_id = decoded
-    path = _paths.get(stimulus_id)
+    # The cache lives in the app, because two apps in one process (tests,
+    # embedding) number the stimuli of their databases alike.
+    paths = state().audio_paths
+    path = paths.get(stimulus_id)
     if path is None:
         row = db_session().execute(
             select(Stimulus.path, Stimulus.experiment_id).where(Stimulus.id == stimulus_id)
@@ -74,7 +73,7 @@ def serve(token: str) -> Any:
         if row is None or row.experiment_id != current_study().experiment_id:
             abort(404, "Unknown audio URL.")
         path = Path(row.path)
-        _paths[stimulus_id] = path
+        paths[stimulus_id] = path
     if not path.exists():
         logger.error("Prepared audio file of stimulus %s is missing: %s", stimulus_id, path)
         abort(404, "The audio file is missing on the server.")
