@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from playwright.sync_api import expect
 from scipy import signal
 
 pytestmark = pytest.mark.browser
@@ -673,3 +674,177 @@ def test_short_loop_raises_range_error(page, test_signals):
     assert result["name"] == "RangeError"
     assert "0.5 s" in result["message"]
     assert result["loop"] is None
+
+
+# --- timeline ---------------------------------------------------------------------
+
+TRIAL_SECONDS = 10.0
+
+
+@pytest.fixture(scope="module")
+def trial_items(static_server) -> list[dict[str, str]]:
+    """Four 10 s stimuli with a varying envelope, so the waveform shows shape."""
+    t = np.arange(round(TRIAL_SECONDS * RATE)) / RATE
+    envelope = 0.5 * (1 + np.sin(2 * np.pi * 0.7 * t)) * np.exp(-1.2 * (t % 2.5))
+    items = []
+    for index in range(4):
+        samples = 0.6 * envelope * np.sin(2 * np.pi * 220 * (index + 1) * t)
+        write_wav(static_server.audio_dir, f"trial{index}.wav", samples.astype(np.float32))
+        items.append({"id": f"trial{index}", "url": f"/audio/trial{index}.wav"})
+    return items
+
+
+@pytest.fixture
+def trial_page(page, static_server, trial_items):
+    """The MUSHRA-like harness page with a loaded engine and its timeline."""
+    page.goto(static_server.url("/pages/timeline.html"))
+    page.wait_for_function("window.setUpTrial !== undefined")
+    page.evaluate("(items) => window.setUpTrial(items, 'trial0')", trial_items)
+    return page
+
+
+class TrackGeometry:
+    """Maps timeline seconds to page coordinates on the timeline bar."""
+
+    def __init__(self, page) -> None:
+        box = page.locator(".caqe-timeline__track").bounding_box()
+        self.left = box["x"]
+        self.width = box["width"]
+        self.y = box["y"] + box["height"] / 2
+        self.seconds_per_pixel = TRIAL_SECONDS / self.width
+
+    def x(self, seconds: float) -> float:
+        return self.left + self.width * seconds / TRIAL_SECONDS
+
+
+def drag(page, track: TrackGeometry, from_seconds: float, to_seconds: float) -> None:
+    page.mouse.move(track.x(from_seconds), track.y)
+    page.mouse.down()
+    page.mouse.move(track.x(to_seconds), track.y, steps=8)
+    page.mouse.up()
+
+
+def engine_loop(page) -> dict | None:
+    return page.evaluate("window.engine.loop")
+
+
+def test_timeline_drag_sets_loop(trial_page):
+    track = TrackGeometry(trial_page)
+    drag(trial_page, track, 2.0, 5.0)
+    loop = engine_loop(trial_page)
+
+    assert loop["start"] == pytest.approx(2.0, abs=2 * track.seconds_per_pixel)
+    assert loop["end"] == pytest.approx(5.0, abs=2 * track.seconds_per_pixel)
+    expect(trial_page.locator(".caqe-timeline__loop-label")).to_contain_text("Loop 0:02.")
+
+
+@pytest.mark.parametrize(
+    ("from_seconds", "to_seconds", "expected"),
+    [
+        (3.0, 3.2, (3.0, 3.5)),  # rightwards: the end moves right
+        (3.0, 2.8, (2.5, 3.0)),  # leftwards: the start moves left
+        (9.75, 9.95, (9.5, 10.0)),  # at the end of the stimuli: shifted to fit
+    ],
+)
+def test_timeline_short_drag_extends_loop(trial_page, from_seconds, to_seconds, expected):
+    track = TrackGeometry(trial_page)
+    drag(trial_page, track, from_seconds, to_seconds)
+    loop = engine_loop(trial_page)
+
+    assert loop["end"] - loop["start"] == pytest.approx(0.5, abs=1e-4)
+    assert loop["start"] == pytest.approx(expected[0], abs=2 * track.seconds_per_pixel)
+    assert loop["end"] == pytest.approx(expected[1], abs=2 * track.seconds_per_pixel)
+
+
+def test_timeline_click_seeks(trial_page):
+    track = TrackGeometry(trial_page)
+    trial_page.mouse.click(track.x(7.0), track.y)
+    result = trial_page.evaluate(
+        "({ position: window.engine.position, last: window.engine.events.at(-1) })"
+    )
+
+    assert result["position"] == pytest.approx(7.0, abs=2 * track.seconds_per_pixel)
+    assert result["last"]["type"] == "seek"
+    assert engine_loop(trial_page) is None
+
+
+def test_timeline_drag_edge_moves_it(trial_page):
+    trial_page.evaluate("window.engine.setLoop(2, 5)")
+    track = TrackGeometry(trial_page)
+    drag(trial_page, track, 5.0, 6.5)
+    loop = engine_loop(trial_page)
+
+    assert loop["start"] == 2.0
+    assert loop["end"] == pytest.approx(6.5, abs=2 * track.seconds_per_pixel)
+
+
+def test_timeline_keyboard_commands(trial_page):
+    def press(key: str) -> dict:
+        trial_page.keyboard.press(key)
+        return trial_page.evaluate(
+            "({ position: window.engine.position, loop: window.engine.loop,"
+            " playing: window.engine.playing })"
+        )
+
+    trial_page.evaluate("window.engine.seek(4)")
+    trial_page.focus(".caqe-timeline__track")
+
+    assert press("ArrowRight")["position"] == 5.0
+    assert press("[")["loop"] == {"start": 5.0, "end": 10.0}
+    # Page Up jumps 5 s but stays inside the loop, room for both fades included.
+    assert press("PageUp")["position"] == pytest.approx(10.0 - 2 * FADE / RATE)
+    assert press("ArrowLeft")["position"] == pytest.approx(9.0 - 2 * FADE / RATE)
+    assert press("]")["loop"] == {"start": 5.0, "end": pytest.approx(9.0 - 2 * FADE / RATE)}
+    assert press("Home")["position"] == 5.0
+    assert press("Escape")["loop"] is None
+    assert press("Space")["playing"] is True
+    assert press("Space")["playing"] is False
+
+
+def test_timeline_clear_button(trial_page):
+    trial_page.evaluate("window.engine.setLoop(1, 3)")
+    clear = trial_page.locator(".caqe-timeline__clear")
+    clear.wait_for(state="visible")
+    clear.click()
+
+    assert engine_loop(trial_page) is None
+    expect(trial_page.locator(".caqe-timeline__loop")).to_be_hidden()
+    expect(clear).to_be_hidden()
+
+
+def test_timeline_accessible_slider(trial_page):
+    track = trial_page.locator(".caqe-timeline__track")
+    trial_page.evaluate("window.engine.setLoop(1, 3)")
+
+    expect(track).to_have_attribute(
+        "aria-valuetext", "1 of 10 seconds, loop from 1.0 to 3.0 seconds"
+    )
+    expect(track).to_have_attribute("role", "slider")
+    expect(track).to_have_attribute("tabindex", "0")
+    expect(track).to_have_attribute("aria-valuemax", "10.0")
+    expect(trial_page.locator(".caqe-timeline__time")).to_have_text("0:01.0 / 0:10.0")
+
+
+@pytest.mark.parametrize(
+    ("fixed", "moved", "duration", "expected"),
+    [
+        (2.0, 5.0, 10.0, {"start": 2.0, "end": 5.0}),
+        (5.0, 2.0, 10.0, {"start": 2.0, "end": 5.0}),
+        (3.0, 3.1, 10.0, {"start": 3.0, "end": 3.5}),
+        (3.0, 2.9, 10.0, {"start": 2.5, "end": 3.0}),
+        (0.1, 0.0, 10.0, {"start": 0.0, "end": 0.5}),
+        (9.9, 10.5, 10.0, {"start": 9.5, "end": 10.0}),
+        (-1.0, 4.0, 10.0, {"start": 0.0, "end": 4.0}),
+        (0.0, 0.3, 0.4, None),
+    ],
+)
+def test_normalize_loop_region(page, fixed, moved, duration, expected):
+    region = page.evaluate(
+        "([fixed, moved, duration]) =>"
+        " window.caqe.normalizeLoopRegion(fixed, moved, duration, 0.5)",
+        [fixed, moved, duration],
+    )
+    if expected is None:
+        assert region is None
+    else:
+        assert region == {key: pytest.approx(value) for key, value in expected.items()}
