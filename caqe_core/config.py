@@ -16,9 +16,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from caqe_core.plugins import Registry
+from caqe_core.screening.inclusion import CriterionError, QuestionInfo, check_criterion
 
 DEMO_AUDIO_ROOT = "caqe:demo"
 
@@ -108,6 +117,9 @@ class ConsentConfig(Strict):
     agree_label: str = "I agree"
 
 
+CHOICE_TYPES = ("single", "multiple", "likert")
+
+
 class SurveyQuestion(Strict):
     id: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
     type: Literal["single", "multiple", "number", "text", "likert"]
@@ -117,12 +129,38 @@ class SurveyQuestion(Strict):
     """Choices of single, multiple and likert questions."""
     min: float | None = None
     max: float | None = None
+    integer: bool = False
+    """For number questions: accept whole numbers only."""
     max_length: int = Field(default=2000, ge=1, le=20000)
+
+    @model_validator(mode="after")
+    def _check_type_fields(self) -> SurveyQuestion:
+        if self.type in CHOICE_TYPES:
+            if len(self.options) < 2:
+                raise ValueError(
+                    f"question {self.id!r} of type {self.type!r} needs at least two "
+                    "options; list them under 'options'"
+                )
+            twice = sorted({option for option in self.options if self.options.count(option) > 1})
+            if twice:
+                raise ValueError(f"question {self.id!r} lists the options {twice} twice")
+        elif self.options:
+            raise ValueError(
+                f"question {self.id!r} of type {self.type!r} takes no options; remove "
+                "'options' or make it single, multiple or likert"
+            )
+        if self.type != "number" and (self.min is not None or self.max is not None):
+            raise ValueError(f"question {self.id!r}: min and max apply to number questions only")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"question {self.id!r} has min {self.min:g} above max {self.max:g}")
+        return self
 
 
 def _default_pre_survey() -> list[SurveyQuestion]:
     return [
-        SurveyQuestion(id="age", type="number", text="Your age in years", min=18, max=120),
+        SurveyQuestion(
+            id="age", type="number", text="Your age in years", min=18, max=120, integer=True
+        ),
         SurveyQuestion(
             id="hearing_disorder",
             type="single",
@@ -167,6 +205,48 @@ def _default_post_survey() -> list[SurveyQuestion]:
 class SurveysConfig(Strict):
     pre: list[SurveyQuestion] = Field(default_factory=_default_pre_survey)
     post: list[SurveyQuestion] = Field(default_factory=_default_post_survey)
+    inclusion: list[str] = Field(default_factory=list)
+    """Criteria over pre-survey answers, such as ``age >= 18``; a participant
+    who fails one is screened out. See caqe_core/screening/inclusion.py."""
+
+    @model_validator(mode="after")
+    def _check_ids_and_criteria(self) -> SurveysConfig:
+        problems: list[InitErrorDetails] = []
+        for survey in ("pre", "post"):
+            questions: list[SurveyQuestion] = getattr(self, survey)
+            seen: set[str] = set()
+            for index, question in enumerate(questions):
+                if question.id in seen:
+                    problems.append(
+                        _custom_error(
+                            (survey, index, "id"),
+                            question.id,
+                            f"the {survey}-survey lists question id {question.id!r} twice; "
+                            "give each question its own id",
+                        )
+                    )
+                seen.add(question.id)
+        infos = {
+            question.id: QuestionInfo(question.type, tuple(question.options))
+            for question in self.pre
+        }
+        for index, criterion in enumerate(self.inclusion):
+            try:
+                check_criterion(criterion, infos)
+            except CriterionError as error:
+                problems.append(_custom_error(("inclusion", index), criterion, str(error)))
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
+        return self
+
+
+def _custom_error(loc: tuple[Any, ...], value: Any, message: str) -> InitErrorDetails:
+    """One located validation error, for validators that check several items."""
+    return InitErrorDetails(
+        type=PydanticCustomError("invalid_item", "{message}", {"message": message}),
+        loc=loc,
+        input=value,
+    )
 
 
 class WebConfig(Strict):

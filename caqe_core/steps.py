@@ -5,6 +5,7 @@ They register through the same hook as a plugin's screening steps.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Callable, Mapping
 
@@ -17,6 +18,9 @@ from caqe_core.extension import FlowStep, StepOutcome, StepPage
 from caqe_core.hookspecs import hookimpl
 from caqe_core.markdown import render_markdown
 from caqe_core.models import SurveyResponse
+from caqe_core.screening.inclusion import failed_criteria
+
+logger = logging.getLogger(__name__)
 
 
 class ConsentStep(FlowStep):
@@ -55,7 +59,7 @@ def validate_answers(questions: list[SurveyQuestion], form: Mapping[str, Any], g
         raw = form.get(question.id, "")
         raw = raw.strip() if isinstance(raw, str) else raw
         if question.type == "multiple":
-            values = [value for value in getlist(question.id) if value]
+            values = list(dict.fromkeys(value for value in getlist(question.id) if value))
             invalid = [value for value in values if value not in question.options]
             if invalid:
                 errors[question.id] = f"{invalid[0]!r} is not one of the options."
@@ -83,6 +87,8 @@ def validate_answers(questions: list[SurveyQuestion], form: Mapping[str, Any], g
                 continue
             if not math.isfinite(number):
                 errors[question.id] = "Enter a finite number."
+            elif question.integer and not number.is_integer():
+                errors[question.id] = f"Enter a whole number, not {raw}."
             elif question.min is not None and number < question.min:
                 errors[question.id] = f"Enter a number of at least {question.min:g}."
             elif question.max is not None and number > question.max:
@@ -131,6 +137,10 @@ class SurveyStep(FlowStep):
             )
         else:
             existing.answers = answers
+        return self.outcome(page, answers)
+
+    def outcome(self, page: StepPage, answers: dict[str, Any]) -> StepOutcome:
+        """Decide what follows valid answers; the base survey just moves on."""
         return StepOutcome(done=True)
 
 
@@ -138,6 +148,25 @@ class PreSurveyStep(SurveyStep):
     name = "pre_survey"
     title = "About you"
     survey = "pre"
+
+    def outcome(self, page: StepPage, answers: dict[str, Any]) -> StepOutcome:
+        """Apply ``surveys.inclusion``: a participant who fails a criterion is screened out."""
+        criteria = page.config.core.surveys.inclusion
+        if not criteria:
+            return StepOutcome(done=True)
+        failed = failed_criteria(criteria, answers)
+        data = {
+            "criteria": len(criteria),
+            "failed_count": len(failed),
+            "failed_criteria": "; ".join(failed),
+        }
+        if failed:
+            logger.info(
+                "Participant %s fails the inclusion criteria %s",
+                page.participant.id,
+                failed,
+            )
+        return StepOutcome(done=True, passed=not failed, data=data, end_session=bool(failed))
 
 
 class PostSurveyStep(SurveyStep):
