@@ -31,6 +31,10 @@ const REALTIME_LEAD_SECONDS = 0.03;
 // the timers of background tabs to about one run per second.
 const REALTIME_HORIZON_SECONDS = 2;
 const REFRESH_INTERVAL_MS = 100;
+// Sources count as started late when the context is this close to their start
+// frame after start() returned: two render quanta of 128 frames.
+const LATE_START_MARGIN_FRAMES = 256;
+const MAX_START_ATTEMPTS = 3;
 const GESTURE_EVENTS = ["pointerdown", "keydown", "touchend"];
 const LOG_PREFIX = "[caqe audio-engine]";
 
@@ -145,8 +149,9 @@ function mpegFrameRate(view, start) {
     const bitrateIndex = third >> 4;
     const rateIndex = (third >> 2) & 0x03;
     if (version === 1 || layer === 0 || bitrateIndex === 15 || rateIndex === 3) continue;
-    const divisor = version === 3 ? 1 : version === 2 ? 2 : 4;
-    return MPEG1_RATES[rateIndex] / divisor;
+    // MPEG-2 halves the MPEG-1 rates and MPEG-2.5 quarters them.
+    const divisors = { 3: 1, 2: 2, 0: 4 };
+    return MPEG1_RATES[rateIndex] / divisors[version];
   }
   return null;
 }
@@ -219,9 +224,9 @@ function requireFiniteNumber(name, value) {
  * switching, a loop region and a log of the listener's actions.
  *
  * Every command is scheduled on a sample frame. On an OfflineAudioContext the
- * engine schedules without lead time, so issue commands before
- * startRendering() or while the context is suspended (ctx.suspend(t)); the
- * command then takes effect at the suspended frame.
+ * engine schedules without lead time. Issue commands there before
+ * startRendering() or while the context is suspended (ctx.suspend(t)), and
+ * each takes effect at the suspended frame.
  */
 export class AudioEngine {
   #fadeMs;
@@ -372,7 +377,7 @@ export class AudioEngine {
     return this.#events.map((event) => ({ ...event }));
   }
 
-  /** The decoded AudioBuffer of a stimulus (for drawing a waveform). */
+  /** Return the decoded AudioBuffer of a stimulus, for example to draw a waveform. */
   getBuffer(id) {
     this.#requireReady("getBuffer");
     this.#requireKnownId(id);
@@ -468,16 +473,19 @@ export class AudioEngine {
     this.#refresh();
     if (this.#playing) return;
 
-    const start = Math.max(this.#nowFrame() + this.#leadFrames, this.#transportQuietFrame());
+    const interval = {
+      start: Math.max(this.#nowFrame() + this.#leadFrames, this.#transportQuietFrame()),
+      end: null,
+    };
     this.#playing = true;
-    this.#playIntervals.push({ start, end: null });
-    this.#transportFadeIn(start);
-    this.#addPass(start, this.#cueFrame);
+    this.#playIntervals.push(interval);
+    const pass = this.#addPass(interval.start, this.#cueFrame, true);
+    interval.start = pass.startFrame;
     this.#schedulePasses();
     this.#record({
       type: "play",
       position: this.#cueFrame / this.#sampleRate,
-      contextTime: start / this.#sampleRate,
+      contextTime: pass.startFrame / this.#sampleRate,
     });
     this.#startTimer();
   }
@@ -882,24 +890,56 @@ export class AudioEngine {
     return this.#cueFrame;
   }
 
-  // Schedule one pass from `startFrame` that plays the timeline from
-  // `offsetFrame` to the end of the loop region (or of the stimuli), with the
-  // fade-out before its end. The caller schedules the fade-in.
-  #addPass(startFrame, offsetFrame) {
+  // Schedule one pass that plays the timeline from `offsetFrame` to the end of
+  // the loop region (or of the stimuli), with the fade-out before its end and,
+  // if `fadeIn` is true, a fade-in at its start. The pass starts at
+  // `startFrame` or, after a stall of the main thread, later.
+  #addPass(startFrame, offsetFrame, fadeIn) {
+    let start = startFrame;
+    let sources = this.#startSources(start, offsetFrame);
+    for (let attempt = 1; attempt < MAX_START_ATTEMPTS && this.#startedLate(start); attempt += 1) {
+      // Some sources may have started a render quantum after the others, so
+      // start all of them again, later.
+      // NOTE: no test stalls the main thread, so this path has not been run.
+      for (const source of sources) source.disconnect();
+      console.warn(LOG_PREFIX, `Sources for frame ${start} were started late; starting them again`);
+      start = this.#nowFrame() + this.#leadFrames;
+      sources = this.#startSources(start, offsetFrame);
+    }
+    if (this.#startedLate(start)) {
+      console.error(LOG_PREFIX, `Sources for frame ${start} were started late; they may be out of sync`);
+    }
+
+    const previous = this.#passes.at(-1);
+    if (previous && start > previous.endFrame) {
+      // The silent gap counts as a fade window, so that no command lands in it.
+      this.#transportWindows.push({ start: previous.endFrame, end: start });
+    }
+    if (fadeIn) this.#transportFadeIn(start);
+    sources[0].onended = () => this.#refresh();
+    const endFrame = start + (this.#regionEnd() - offsetFrame);
+    const pass = { startFrame: start, offsetFrame, endFrame, endKind: "end", sources };
+    this.#passes.push(pass);
+    this.#scheduleEnding(pass);
+    return pass;
+  }
+
+  #startSources(startFrame, offsetFrame) {
     const rate = this.#sampleRate;
     const endFrame = startFrame + (this.#regionEnd() - offsetFrame);
-    const sources = this.#ids.map((id) => {
+    return this.#ids.map((id) => {
       const source = new AudioBufferSourceNode(this.#context, { buffer: this.#buffers.get(id) });
       source.connect(this.#selectionGains.get(id));
       source.start(startFrame / rate, offsetFrame / rate);
       source.stop(endFrame / rate);
       return source;
     });
-    sources[0].onended = () => this.#refresh();
-    const pass = { startFrame, offsetFrame, endFrame, endKind: "end", sources };
-    this.#passes.push(pass);
-    this.#scheduleEnding(pass);
-    return pass;
+  }
+
+  // True when the context may already have rendered `startFrame`. An
+  // OfflineAudioContext is driven through suspend(), so it never is.
+  #startedLate(startFrame) {
+    return !this.#offline && this.#nowFrame() + LATE_START_MARGIN_FRAMES > startFrame;
   }
 
   // Schedule what happens at the end of `pass`: a loop boundary or the end of
@@ -938,8 +978,7 @@ export class AudioEngine {
           `Loop pass scheduled ${start - last.endFrame} frames late; timers were throttled`,
         );
       }
-      if (this.#fadeFrames > 0) this.#transportFadeIn(start);
-      last = this.#addPass(start, this.#loop.startFrame);
+      last = this.#addPass(start, this.#loop.startFrame, this.#fadeFrames > 0);
     }
   }
 
@@ -992,13 +1031,16 @@ export class AudioEngine {
   // which the new pass starts.
   #jumpTo(target) {
     const { silentFrame } = this.#cutPlayback(2 * this.#fadeFrames, this.#fadeFrames > 0);
-    const start = Math.max(silentFrame, this.#nowFrame() + this.#leadFrames);
+    const interval = {
+      start: Math.max(silentFrame, this.#nowFrame() + this.#leadFrames),
+      end: null,
+    };
     this.#playIntervals.at(-1).end = silentFrame;
-    this.#playIntervals.push({ start, end: null });
-    this.#transportFadeIn(start);
-    this.#addPass(start, target);
+    this.#playIntervals.push(interval);
+    const pass = this.#addPass(interval.start, target, true);
+    interval.start = pass.startFrame;
     this.#schedulePasses();
-    return start;
+    return pass.startFrame;
   }
 
   // Apply a changed loop region. Returns the frame at which it takes effect

@@ -2,10 +2,12 @@
 // region that the listener sets by dragging across the bar.
 //
 // Pointer: a click seeks, a drag sets the loop region and dragging an edge of
-// the region moves that edge. Keyboard (on the focused bar): Left/Right seek
-// by 1 s, Page Down/Page Up by 5 s, Home/End go to the start/end of the
-// region, "[" and "]" put the loop start/end at the playhead, Escape or Delete
-// clears the loop, and Space or Enter starts and stops playback.
+// the region moves that edge.
+//
+// Keyboard, on the focused bar: Left/Right seek by 1 s and Page Down/Page Up
+// by 5 s. Home and End go to the start and end of the region. "[" puts the
+// loop start at the playhead and "]" the loop end. Escape or Delete clears
+// the loop, and Space or Enter starts and stops playback.
 //
 // A loop region shorter than the minimum (0.5 s by default, the engine's
 // minimum) is extended to the minimum: the edge that the listener did not
