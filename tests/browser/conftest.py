@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -52,7 +53,7 @@ class _StaticHandler(SimpleHTTPRequestHandler):
         # A path outside every root: the handler then responds with 404.
         return str(REPO_ROOT / "nonexistent")
 
-    def send_head(self):  # noqa: ANN201 - the base class leaves it untyped
+    def send_head(self) -> BinaryIO | None:
         query = parse_qs(urlsplit(self.path).query)
         delay_ms = float(query.get("delay_ms", ["0"])[0])
         if delay_ms > 0:

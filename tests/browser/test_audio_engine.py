@@ -109,7 +109,9 @@ def ideal_output(
     return output * transport
 
 
-def best_lag(output: np.ndarray, source: np.ndarray, source_start: int, max_lag: int) -> int:
+def best_lag(
+    output: np.ndarray, source: np.ndarray, source_start: int, max_lag: int
+) -> int:
     """Lag of `output` against `source[source_start:]` at the cross-correlation peak."""
     reference = source[source_start - max_lag : source_start + len(output) + max_lag]
     correlation = signal.correlate(reference, output, mode="valid")
@@ -144,7 +146,7 @@ def write_wav(directory: Path, name: str, samples: np.ndarray, rate: int = RATE)
 
 
 @pytest.fixture(scope="module")
-def test_signals(static_server) -> dict[str, np.ndarray]:
+def stimulus_signals(static_server) -> dict[str, np.ndarray]:
     """Two tones and a noise of 3 s, written as WAV files for the server."""
     signals = {
         "s1": tone(440.0, 3.0),
@@ -183,7 +185,7 @@ def frames_of(events: list[dict], event_type: str) -> list[int]:
 # --- fidelity -----------------------------------------------------------------
 
 
-def test_switch_while_playing_matches_ideal(page, test_signals):
+def test_switch_while_playing_matches_ideal(page, stimulus_signals):
     length = round(1.5 * RATE)
     steps = [
         {"frame": 0, "calls": [["play"]]},
@@ -192,7 +194,7 @@ def test_switch_while_playing_matches_ideal(page, test_signals):
         # Two switches in one go: the second waits for the first to finish.
         {"frame": round(1.2 * RATE), "calls": [["select", "s1"], ["select", "s2"]]},
     ]
-    result = render(page, test_signals, length, steps)
+    result = render(page, stimulus_signals, length, steps)
     output = result["samples"]
     first, second, third = result["suspendedAt"]
 
@@ -209,12 +211,22 @@ def test_switch_while_playing_matches_ideal(page, test_signals):
     assert switches[0]["position"] == pytest.approx(first / RATE)
 
     selection = {
-        "s1": gain_curve(length, 1.0, [(first, "out"), (third + FADE, "in"), (third + 2 * FADE, "out")]),
-        "s2": gain_curve(length, 0.0, [(first + FADE, "in"), (second, "out"), (third + 3 * FADE, "in")]),
+        "s1": gain_curve(
+            length,
+            1.0,
+            [(first, "out"), (third + FADE, "in"), (third + 2 * FADE, "out")],
+        ),
+        "s2": gain_curve(
+            length,
+            0.0,
+            [(first + FADE, "in"), (second, "out"), (third + 3 * FADE, "in")],
+        ),
         "s3": gain_curve(length, 0.0, [(second + FADE, "in"), (third, "out")]),
     }
     transport = gain_curve(length, 0.0, [(0, "in")])
-    expected = ideal_output(test_signals, length, [Pass(0, 0, 3 * RATE)], transport, selection)
+    expected = ideal_output(
+        stimulus_signals, length, [Pass(0, 0, 3 * RATE)], transport, selection
+    )
 
     assert np.max(np.abs(output - expected)) <= TOLERANCE
     # The old stimulus is silent at the last frame of its fade-out and the new
@@ -224,7 +236,9 @@ def test_switch_while_playing_matches_ideal(page, test_signals):
     assert abs(output[first + FADE]) < 1e-6
     # The noise plays in step with the timeline: no dropped or repeated frame.
     noise_start = second + 2 * FADE
-    lag = best_lag(output[noise_start:third], test_signals["s3"], noise_start, max_lag=50)
+    lag = best_lag(
+        output[noise_start:third], stimulus_signals["s3"], noise_start, max_lag=50
+    )
     assert lag == 0
     # The 1 kHz tone continues with its own phase after the switch.
     tone_start = first + 2 * FADE
@@ -232,7 +246,7 @@ def test_switch_while_playing_matches_ideal(page, test_signals):
     assert measured == pytest.approx(0.3, abs=1e-3)
 
 
-def test_loop_boundary_matches_ideal(page, test_signals):
+def test_loop_boundary_matches_ideal(page, stimulus_signals):
     length = 2 * RATE
     loop_start, loop_end = round(0.25 * RATE), round(0.85 * RATE)
     loop_length = loop_end - loop_start
@@ -240,7 +254,7 @@ def test_loop_boundary_matches_ideal(page, test_signals):
         {"frame": 0, "calls": [["setLoop", 0.25, 0.85], ["play"]]},
         {"frame": round(0.7 * RATE), "calls": [["select", "s3"]]},
     ]
-    result = render(page, test_signals, length, steps)
+    result = render(page, stimulus_signals, length, steps)
     output = result["samples"]
     (switch_frame,) = result["suspendedAt"]
 
@@ -260,7 +274,7 @@ def test_loop_boundary_matches_ideal(page, test_signals):
         "s2": np.zeros(length),
         "s3": gain_curve(length, 0.0, [(switch_frame + FADE, "in")]),
     }
-    expected = ideal_output(test_signals, length, passes, transport, selection)
+    expected = ideal_output(stimulus_signals, length, passes, transport, selection)
 
     assert np.max(np.abs(output - expected)) <= TOLERANCE
     # Silent at the last frame before and the first frame after the boundary.
@@ -269,20 +283,23 @@ def test_loop_boundary_matches_ideal(page, test_signals):
     assert abs(output[boundary]) < 1e-6
     # After the boundary the noise restarts exactly at the loop start.
     after = output[boundary + FADE : boundary + FADE + 9600]
-    assert best_lag(after, test_signals["s3"], loop_start + FADE, max_lag=50) == 0
+    assert best_lag(after, stimulus_signals["s3"], loop_start + FADE, max_lag=50) == 0
     # Before the boundary it reaches exactly the loop end.
     before = output[boundary - FADE - 9600 : boundary - FADE]
-    assert best_lag(before, test_signals["s3"], loop_end - FADE - 9600, max_lag=50) == 0
+    assert (
+        best_lag(before, stimulus_signals["s3"], loop_end - FADE - 9600, max_lag=50)
+        == 0
+    )
 
 
-def test_seek_then_stop_matches_ideal(page, test_signals):
+def test_seek_then_stop_matches_ideal(page, stimulus_signals):
     length = RATE
     steps = [
         {"frame": 0, "calls": [["play"]]},
         {"frame": round(0.3 * RATE), "calls": [["seek", 2.0]]},
         {"frame": round(0.6 * RATE), "calls": [["stop"]]},
     ]
-    result = render(page, test_signals, length, steps)
+    result = render(page, stimulus_signals, length, steps)
     output = result["samples"]
     seek_frame, stop_frame = result["suspendedAt"]
 
@@ -303,14 +320,19 @@ def test_seek_then_stop_matches_ideal(page, test_signals):
     transport = gain_curve(
         length,
         0.0,
-        [(0, "in"), (seek_frame, "out"), (seek_frame + FADE, "in"), (stop_frame, "out")],
+        [
+            (0, "in"),
+            (seek_frame, "out"),
+            (seek_frame + FADE, "in"),
+            (stop_frame, "out"),
+        ],
     )
     selection = {
         "s1": np.ones(length),
         "s2": np.zeros(length),
         "s3": np.zeros(length),
     }
-    expected = ideal_output(test_signals, length, passes, transport, selection)
+    expected = ideal_output(stimulus_signals, length, passes, transport, selection)
 
     assert np.max(np.abs(output - expected)) <= TOLERANCE
     assert np.all(output[stop_frame + FADE - 1 :] == 0.0)
@@ -320,7 +342,7 @@ def test_seek_then_stop_matches_ideal(page, test_signals):
     assert measured == pytest.approx(0.0, abs=1e-3)
 
 
-def test_loop_change_while_playing_keeps_position(page, test_signals):
+def test_loop_change_while_playing_keeps_position(page, stimulus_signals):
     # The loop is set while the position is inside it, so playback continues,
     # then it is cleared inside the second pass, so that pass runs to the end.
     length = 2 * RATE
@@ -329,7 +351,7 @@ def test_loop_change_while_playing_keeps_position(page, test_signals):
         {"frame": round(0.3 * RATE), "calls": [["setLoop", 0.2, 0.9]]},
         {"frame": round(1.2 * RATE), "calls": [["clearLoop"]]},
     ]
-    result = render(page, test_signals, length, steps)
+    result = render(page, stimulus_signals, length, steps)
     output = result["samples"]
     set_frame, clear_frame = result["suspendedAt"]
 
@@ -340,10 +362,15 @@ def test_loop_change_while_playing_keeps_position(page, test_signals):
     assert loop_sets[0]["position"] == pytest.approx(set_frame / RATE)
     assert round(loop_sets[1]["contextTime"] * RATE) == clear_frame
 
-    passes = [Pass(0, 0, loop_end), Pass(loop_end, loop_start, loop_end + 3 * RATE - loop_start)]
-    transport = gain_curve(length, 0.0, [(0, "in"), (loop_end - FADE, "out"), (loop_end, "in")])
+    passes = [
+        Pass(0, 0, loop_end),
+        Pass(loop_end, loop_start, loop_end + 3 * RATE - loop_start),
+    ]
+    transport = gain_curve(
+        length, 0.0, [(0, "in"), (loop_end - FADE, "out"), (loop_end, "in")]
+    )
     selection = {"s1": np.ones(length), "s2": np.zeros(length), "s3": np.zeros(length)}
-    expected = ideal_output(test_signals, length, passes, transport, selection)
+    expected = ideal_output(stimulus_signals, length, passes, transport, selection)
 
     assert np.max(np.abs(output - expected)) <= TOLERANCE
 
@@ -413,9 +440,9 @@ def load_in_page(page, items: list[dict], check_after_ms: int = 0) -> dict:
     return page.evaluate(LOAD_SCRIPT, {"items": items, "checkAfterMs": check_after_ms})
 
 
-def test_load_waits_for_every_buffer(page, static_server, test_signals):
+def test_load_waits_for_every_buffer(page, static_server, stimulus_signals):
     # s3 arrives 800 ms late. At 300 ms load() must still be pending.
-    items = items_for(test_signals)
+    items = items_for(stimulus_signals)
     items[2]["url"] += "?delay_ms=800"
     result = load_in_page(page, items, check_after_ms=300)
 
@@ -428,8 +455,10 @@ def test_load_waits_for_every_buffer(page, static_server, test_signals):
     assert result["lengthMismatch"] is None
 
 
-def test_load_rejects_missing_file(page, test_signals):
-    items = items_for(test_signals) + [{"id": "s404", "url": "/audio/missing-a1b2.wav"}]
+def test_load_rejects_missing_file(page, stimulus_signals):
+    items = items_for(stimulus_signals) + [
+        {"id": "s404", "url": "/audio/missing-a1b2.wav"}
+    ]
     result = load_in_page(page, items)
 
     assert result["ok"] is False
@@ -441,9 +470,9 @@ def test_load_rejects_missing_file(page, test_signals):
     assert result["ready"] is False
 
 
-def test_load_rejects_non_audio_file(page, static_server, test_signals):
+def test_load_rejects_non_audio_file(page, static_server, stimulus_signals):
     (static_server.audio_dir / "notes.wav").write_text("This is not audio.\n")
-    items = items_for(test_signals) + [{"id": "text", "url": "/audio/notes.wav"}]
+    items = items_for(stimulus_signals) + [{"id": "text", "url": "/audio/notes.wav"}]
     result = load_in_page(page, items)
 
     assert result["ok"] is False
@@ -454,8 +483,15 @@ def test_load_rejects_non_audio_file(page, static_server, test_signals):
 
 def test_load_uses_shortest_length(page, static_server):
     write_wav(static_server.audio_dir, "long.wav", tone(440.0, 1.0))
-    write_wav(static_server.audio_dir, "longer.wav", np.concatenate([tone(440.0, 1.0), np.zeros(7, np.float32)]))
-    items = [{"id": "a", "url": "/audio/long.wav"}, {"id": "b", "url": "/audio/longer.wav"}]
+    write_wav(
+        static_server.audio_dir,
+        "longer.wav",
+        np.concatenate([tone(440.0, 1.0), np.zeros(7, np.float32)]),
+    )
+    items = [
+        {"id": "a", "url": "/audio/long.wav"},
+        {"id": "b", "url": "/audio/longer.wav"},
+    ]
     result = load_in_page(page, items)
 
     assert result["ok"], result
@@ -481,7 +517,9 @@ def test_context_uses_file_sample_rate(
     page, static_server, name, file_rate, options, context_rate
 ):
     seconds = 1.0
-    samples = 0.3 * np.sin(2 * np.pi * 440 * np.arange(round(seconds * file_rate)) / file_rate)
+    samples = 0.3 * np.sin(
+        2 * np.pi * 440 * np.arange(round(seconds * file_rate)) / file_rate
+    )
     sf.write(static_server.audio_dir / name, samples, file_rate, **options)
     url = f"/audio/{name}"
 
@@ -495,7 +533,7 @@ def test_context_uses_file_sample_rate(
     assert result["ok"], result
     assert result["sampleRate"] == context_rate
     assert result["contextRate"] == context_rate
-    # Lossy codecs add encoder delay and padding, so only the order of magnitude holds.
+    # Lossy codecs add encoder delay and padding, so the length matches only roughly.
     assert result["duration"] == pytest.approx(seconds, abs=0.1)
 
 
@@ -547,7 +585,9 @@ async ({ items }) => {
 """
 
 
-def timeline_frame(frame: int, pass_start: int, offset: int, loop: tuple[int, int]) -> int:
+def timeline_frame(
+    frame: int, pass_start: int, offset: int, loop: tuple[int, int]
+) -> int:
     """Timeline position at context `frame` of a pass that started at `offset`."""
     loop_start, loop_end = loop
     position = offset + frame - pass_start
@@ -556,20 +596,30 @@ def timeline_frame(frame: int, pass_start: int, offset: int, loop: tuple[int, in
     return position
 
 
-def test_events_and_played_seconds(page, test_signals):
-    result = page.evaluate(EVENTS_SCRIPT, {"items": items_for(test_signals)})
+def test_events_and_played_seconds(page, stimulus_signals):
+    result = page.evaluate(EVENTS_SCRIPT, {"items": items_for(stimulus_signals)})
     events = result["events"]
     rate = result["sampleRate"]
     fade = result["fadeFrames"]
-    by_type = {t: [e for e in events if e["type"] == t] for t in {e["type"] for e in events}}
+    by_type = {
+        t: [e for e in events if e["type"] == t] for t in {e["type"] for e in events}
+    }
 
     assert result["received"] == [e["type"] for e in events]
     assert result["playing"] is False
     for event in events:
         assert event["time"] >= 0
         assert event["contextTime"] >= 0
-    commands = [e for e in events if e["type"] in {"loop-set", "play", "switch", "seek", "stop"}]
-    assert [e["type"] for e in commands] == ["loop-set", "play", "switch", "seek", "stop"]
+    commands = [
+        e for e in events if e["type"] in {"loop-set", "play", "switch", "seek", "stop"}
+    ]
+    assert [e["type"] for e in commands] == [
+        "loop-set",
+        "play",
+        "switch",
+        "seek",
+        "stop",
+    ]
     assert [e["time"] for e in commands] == sorted(e["time"] for e in commands)
 
     (play,) = by_type["play"]
@@ -584,7 +634,9 @@ def test_events_and_played_seconds(page, test_signals):
     seek_offset = round(0.3 * rate)
     assert play["position"] == 0.0
     assert (switch["from"], switch["to"]) == ("s1", "s2")
-    assert round(switch["position"] * rate) == timeline_frame(switch_frame, play_frame, 0, loop)
+    assert round(switch["position"] * rate) == timeline_frame(
+        switch_frame, play_frame, 0, loop
+    )
     assert seek["position"] == pytest.approx(0.3)
     assert round(stop["position"] * rate) == timeline_frame(
         stop_frame, seek_frame, seek_offset, loop
@@ -596,22 +648,28 @@ def test_events_and_played_seconds(page, test_signals):
     before_seek = [frame for frame in loops if frame < seek_frame]
     after_seek = [frame for frame in loops if frame > seek_frame]
     assert len(before_seek) >= 1
-    assert before_seek == [play_frame + k * loop[1] for k in range(1, len(before_seek) + 1)]
+    assert before_seek == [
+        play_frame + k * loop[1] for k in range(1, len(before_seek) + 1)
+    ]
     first_after_seek = seek_frame + loop[1] - seek_offset
-    assert after_seek == [first_after_seek + k * loop[1] for k in range(len(after_seek))]
+    assert after_seek == [
+        first_after_seek + k * loop[1] for k in range(len(after_seek))
+    ]
     assert all(e["position"] == 0.0 for e in by_type["loop"])
 
     # s1 is audible until the end of its fade-out, s2 from there to the end of
     # the stop's fade-out, and s3 never.
     played = result["played"]
-    assert played["s1"] == pytest.approx((switch_frame + fade - play_frame) / rate, abs=1e-9)
+    assert played["s1"] == pytest.approx(
+        (switch_frame + fade - play_frame) / rate, abs=1e-9
+    )
     assert played["s2"] == pytest.approx((stop_frame - switch_frame) / rate, abs=1e-9)
     assert played["s3"] == 0.0
     assert result["playedAfterStop"] == {"s1": played["s1"], "s2": played["s2"]}
 
 
 @pytest.mark.parametrize("gesture", ["click", "key"])
-def test_resume_on_gesture(page, test_signals, gesture):
+def test_resume_on_gesture(page, stimulus_signals, gesture):
     state = page.evaluate(
         """async (items) => {
           const engine = new window.caqe.AudioEngine();
@@ -621,7 +679,7 @@ def test_resume_on_gesture(page, test_signals, gesture):
           window.testEngine = engine;
           return engine.context.state;
         }""",
-        items_for(test_signals),
+        items_for(stimulus_signals),
     )
     page.wait_for_timeout(200)
     state_before_gesture = page.evaluate("window.testEngine.context.state")
@@ -655,7 +713,7 @@ def test_commands_before_load_raise(page):
     ]
 
 
-def test_short_loop_raises_range_error(page, test_signals):
+def test_short_loop_raises_range_error(page, stimulus_signals):
     result = page.evaluate(
         """async (items) => {
           const engine = new window.caqe.AudioEngine();
@@ -669,7 +727,7 @@ def test_short_loop_raises_range_error(page, test_signals):
             await engine.close();
           }
         }""",
-        items_for(test_signals),
+        items_for(stimulus_signals),
     )
     assert result["name"] == "RangeError"
     assert "0.5 s" in result["message"]
@@ -689,7 +747,9 @@ def trial_items(static_server) -> list[dict[str, str]]:
     items = []
     for index in range(4):
         samples = 0.6 * envelope * np.sin(2 * np.pi * 220 * (index + 1) * t)
-        write_wav(static_server.audio_dir, f"trial{index}.wav", samples.astype(np.float32))
+        write_wav(
+            static_server.audio_dir, f"trial{index}.wav", samples.astype(np.float32)
+        )
         items.append({"id": f"trial{index}", "url": f"/audio/trial{index}.wav"})
     return items
 
@@ -735,7 +795,9 @@ def test_timeline_drag_sets_loop(trial_page):
 
     assert loop["start"] == pytest.approx(2.0, abs=2 * track.seconds_per_pixel)
     assert loop["end"] == pytest.approx(5.0, abs=2 * track.seconds_per_pixel)
-    expect(trial_page.locator(".caqe-timeline__loop-label")).to_contain_text("Loop 0:02.")
+    expect(trial_page.locator(".caqe-timeline__loop-label")).to_contain_text(
+        "Loop 0:02."
+    )
 
 
 @pytest.mark.parametrize(
@@ -746,7 +808,9 @@ def test_timeline_drag_sets_loop(trial_page):
         (9.75, 9.95, (9.5, 10.0)),  # at the end of the stimuli: shifted to fit
     ],
 )
-def test_timeline_short_drag_extends_loop(trial_page, from_seconds, to_seconds, expected):
+def test_timeline_short_drag_extends_loop(
+    trial_page, from_seconds, to_seconds, expected
+):
     track = TrackGeometry(trial_page)
     drag(trial_page, track, from_seconds, to_seconds)
     loop = engine_loop(trial_page)
@@ -794,7 +858,10 @@ def test_timeline_keyboard_commands(trial_page):
     # Page Up jumps 5 s but stays inside the loop, room for both fades included.
     assert press("PageUp")["position"] == pytest.approx(10.0 - 2 * FADE / RATE)
     assert press("ArrowLeft")["position"] == pytest.approx(9.0 - 2 * FADE / RATE)
-    assert press("]")["loop"] == {"start": 5.0, "end": pytest.approx(9.0 - 2 * FADE / RATE)}
+    assert press("]")["loop"] == {
+        "start": 5.0,
+        "end": pytest.approx(9.0 - 2 * FADE / RATE),
+    }
     assert press("Home")["position"] == 5.0
     assert press("Escape")["loop"] is None
     assert press("Space")["playing"] is True
