@@ -253,6 +253,9 @@ async function main() {
     return;
   }
 
+  // Playback loops over the whole stimuli until the listener sets a shorter
+  // region or clears it, so switching never runs into the end.
+  engine.setLoop(0, engine.duration);
   new Timeline(document.getElementById("mushra-timeline"), engine, {
     waveform: REFERENCE_ID,
     label: "Playback position and loop region",

@@ -113,6 +113,7 @@ async function main() {
     return;
   }
 
+  pageEngine.setLoop(0, pageEngine.duration);
   new Timeline(document.getElementById("mushra-timeline"), pageEngine, {
     waveform: REFERENCE_ID,
     label: "Playback position and loop region",

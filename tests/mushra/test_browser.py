@@ -1,0 +1,228 @@
+"""A participant completes the MUSHRA demo in headless Chromium over real HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from caqe_core.models import ListeningEvent, Participant, Reservation, Trial
+from caqe_core.plugins import Registry, set_registry
+from tests.support.server import ServedStudy, build_study
+
+pytestmark = pytest.mark.browser
+
+MIN_PLAY_SECONDS = 0.3
+READY = "#mushra[data-state=ready]"
+
+
+@pytest.fixture
+def served_demo(
+    make_demo_copy: Callable[..., Path],
+    tmp_path: Path,
+    sqlite_url: str,
+    registry: Registry,
+) -> Iterator[ServedStudy]:
+    """The shipped demo, with a shorter listening minimum, behind a real server."""
+    path = make_demo_copy(tmp_path / "demo", min_play_seconds=MIN_PLAY_SECONDS)
+    set_registry(registry)
+    served = build_study(path, sqlite_url, registry, tmp_path / "data")
+    served.start()
+    try:
+        yield served
+    finally:
+        served.stop()
+        set_registry(None)
+
+
+@pytest.fixture
+def page(chromium: Any) -> Iterator[Any]:
+    context = chromium.new_context(viewport={"width": 1280, "height": 960})
+    new_page = context.new_page()
+    errors: list[str] = []
+    new_page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        yield new_page
+    finally:
+        context.close()
+    assert not errors, f"Uncaught errors in the page: {errors}"
+
+
+def start_session(page: Any, base: str) -> None:
+    """Go from the landing page through consent and the pre-test survey."""
+    page.goto(base + "/")
+    page.click("#start")
+    page.check("#agree")
+    page.click("#continue")
+    page.fill("input[name=age]", "34")
+    page.check("input[name=hearing_disorder][value=no]")
+    page.click("#continue")
+
+
+def signal_ids(page: Any) -> list[str]:
+    return page.eval_on_selector_all(
+        ".mushra-slider", "sliders => sliders.map(s => s.dataset.signal)"
+    )
+
+
+def listen(page: Any, number: int, signal: str) -> None:
+    """Switch to a stimulus with its number key and wait until its slider unlocks."""
+    key = str(number % 10)
+    page.keyboard.press(key)
+    page.wait_for_function(
+        f"() => !document.getElementById('mushra-slider-{signal}').disabled",
+        timeout=15000,
+    )
+
+
+def rate_with_keyboard(page: Any, signal: str, steps: int) -> float:
+    page.focus(f"#mushra-slider-{signal}")
+    for _ in range(steps):
+        page.keyboard.press("ArrowUp")
+    return float(page.input_value(f"#mushra-slider-{signal}"))
+
+
+def rate_with_mouse(page: Any, signal: str, fraction: float) -> float:
+    """Click the slider ``fraction`` of the way up its track."""
+    box = page.locator(f"#mushra-slider-{signal}").bounding_box()
+    page.mouse.click(
+        box["x"] + box["width"] / 2, box["y"] + box["height"] * (1 - fraction)
+    )
+    return float(page.input_value(f"#mushra-slider-{signal}"))
+
+
+def submit_disabled(page: Any) -> bool:
+    return page.eval_on_selector("#mushra-submit", "button => button.disabled")
+
+
+def test_participant_completes_demo(page: Any, served_demo: ServedStudy) -> None:
+    start_session(page, served_demo.url)
+
+    page.wait_for_selector(READY, timeout=30000)
+    assert page.locator("h1").first.inner_text() == "Training"
+    page.click(".mushra-select[data-signal=s1]")
+    page.click(".mushra-example--low")
+    page.wait_for_function(
+        "() => document.getElementById('mushra-play').textContent === 'Stop'"
+    )
+    page.click("#continue")
+
+    expected: list[dict[str, float]] = []
+    for number in range(1, 4):
+        page.wait_for_selector(READY, timeout=30000)
+        assert page.inner_text("#mushra-progress") == f"Page {number} of 3"
+        assert submit_disabled(page)
+        ratings = {}
+        for index, signal in enumerate(signal_ids(page), start=1):
+            listen(page, index, signal)
+            if index % 2:
+                ratings[signal] = rate_with_keyboard(page, signal, 10 * index)
+                assert ratings[signal] == 10 * index
+            else:
+                ratings[signal] = rate_with_mouse(page, signal, 0.75)
+                assert 70 <= ratings[signal] <= 80
+        # The loop region: drag across the timeline.
+        box = page.locator(".caqe-timeline__track").bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + 20)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + 20, steps=5)
+        page.mouse.up()
+        assert not submit_disabled(page)
+        expected.append(ratings)
+        page.click("#mushra-submit")
+        page.wait_for_load_state("load")
+        page.wait_for_function(
+            "() => !document.getElementById('mushra-progress') || "
+            f"document.getElementById('mushra-progress').textContent !== 'Page {number} of 3'",
+            timeout=30000,
+        )
+
+    page.wait_for_selector("input[name=listening_device]")
+    page.check("input[name=listening_device][value='closed headphones']")
+    page.check("input[name=critical_listening][value=some]")
+    page.check("input[name=environment_noise][value=quiet]")
+    page.click("#continue")
+    page.wait_for_selector("#completion-code")
+    assert "Thank you" in page.content()
+
+    with served_demo.session_factory() as session:
+        participant = session.scalars(select(Participant)).one()
+        assert participant.status == "completed"
+        trials = session.scalars(select(Trial).order_by(Trial.id)).all()
+        assert len(trials) == 3
+        assert len({trial.condition_id for trial in trials}) == 3
+        for trial, ratings in zip(trials, expected):
+            reservation = session.get(Reservation, trial.reservation_id)
+            rated = [s["id"] for s in reservation.plan["signals"] if s["id"] != "ref"]
+            assert trial.response["ratings"] == ratings
+            assert trial.response["order"] == rated
+            assert trial.response["loop"] is not None
+            assert trial.time_on_page_ms > 0
+            events = session.scalars(
+                select(ListeningEvent).where(ListeningEvent.trial_id == trial.id)
+            ).all()
+            types = [event.type for event in events]
+            assert "play" in types
+            assert "loop-set" in types
+            switched_to = {event.signal for event in events if event.type == "switch"}
+            assert switched_to >= set(rated)
+            keys = {event.stimulus_key for event in events if event.type == "switch"}
+            assert "hidden_reference" in keys
+            assert "lowpass_3500" in keys
+
+
+def test_submit_needs_every_stimulus(
+    page: Any, served_demo: ServedStudy, make_demo_copy: Callable[..., Path]
+) -> None:
+    start_session(page, served_demo.url)
+    page.wait_for_selector(READY, timeout=30000)
+    page.click("#continue")
+    page.wait_for_selector(READY, timeout=30000)
+    signals = signal_ids(page)
+
+    assert submit_disabled(page)
+    sliders_disabled = page.eval_on_selector_all(
+        ".mushra-slider", "sliders => sliders.every(s => s.disabled)"
+    )
+    assert sliders_disabled
+    for index, signal in enumerate(signals[:-1], start=1):
+        listen(page, index, signal)
+        rate_with_keyboard(page, signal, 5)
+        assert submit_disabled(page)
+
+    # The last stimulus, heard but not rated.
+    last = signals[-1]
+    listen(page, len(signals), last)
+    assert submit_disabled(page)
+    page.evaluate("document.getElementById('mushra-submit').click()")
+
+    # A response forced past the page's checks is rejected by the server.
+    status = page.evaluate(
+        """async () => {
+            const settings = JSON.parse(
+                document.getElementById("mushra-settings").textContent);
+            const ratings = {};
+            for (const s of settings.signals.slice(0, -1)) ratings[s.id] = 50;
+            const response = await fetch(settings.submitUrl, {
+                method: "POST",
+                headers: {"Content-Type": "application/json",
+                          "X-CAQE-CSRF": settings.csrfToken},
+                body: JSON.stringify({
+                    idempotency_key: "forced-submit-0001",
+                    response: {ratings, order: settings.signals.map(s => s.id), loop: null},
+                    events: [],
+                }),
+            });
+            return [response.status, await response.json()];
+        }"""
+    )
+    assert status[0] == 422
+    assert status[1]["field"] == f"response.ratings.{last}"
+    with served_demo.session_factory() as session:
+        assert session.scalars(select(Trial)).all() == []
+
+    rate_with_keyboard(page, last, 1)
+    assert not submit_disabled(page)
