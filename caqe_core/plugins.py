@@ -105,10 +105,12 @@ def build_registry(extra_plugins: list[tuple[str, object]] | None = None) -> Reg
     pm.add_hookspecs(hookspecs)
     registry = Registry(pm)
 
-    from caqe_core import __version__, steps
+    from caqe_core import __version__, screening, steps
 
     _register(pm, steps, "caqe_core.steps")
     registry.versions["caqe_core.steps"] = __version__
+    _register(pm, screening, "caqe_core.screening")
+    registry.versions["caqe_core.screening"] = __version__
 
     allowed = allowed_plugin_names()
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):

@@ -1,0 +1,23 @@
+"""Listener screening and quality-control steps.
+
+The steps register through the same hook as a third-party plugin's steps.
+They are imported when the registry is built, not when this package is
+imported, so ``caqe_core.config`` can use ``screening.inclusion`` without
+loading Flask views or numpy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from caqe_core.extension import FlowStep
+from caqe_core.hookspecs import hookimpl
+
+
+@hookimpl
+def register_flow_steps(register: Callable[[FlowStep], None]) -> None:
+    from caqe_core.screening.headphone import HeadphoneCheckStep
+    from caqe_core.screening.hearing import HearingScreeningStep
+
+    register(HearingScreeningStep())
+    register(HeadphoneCheckStep())
