@@ -96,6 +96,8 @@ def request_token(experiment: Experiment, purpose: str) -> str:
     created = experiment.created_at
     if created.tzinfo is None:
         created = created.replace(tzinfo=dt.UTC)
+    # PostgreSQL returns times in the connection's time zone: normalise to UTC.
+    created = created.astimezone(dt.UTC)
     seed = f"{experiment.name}\x00{created.isoformat()}\x00{purpose}"
     return "caqe-" + hashlib.sha256(seed.encode()).hexdigest()[:40]
 
