@@ -915,3 +915,38 @@ def test_normalize_loop_region(page, fixed, moved, duration, expected):
         assert region is None
     else:
         assert region == {key: pytest.approx(value) for key, value in expected.items()}
+
+
+def test_context_falls_back_for_unsupported_rate(page, static_server):
+    # Chromium accepts any rate it can decode (3000 to 768000 Hz), so the page
+    # swaps in an AudioContext that rejects rates above 48 kHz, as a browser
+    # with a narrower range would. decodeAudioData then resamples to 48 kHz.
+    file_rate = 96_000
+    samples = 0.3 * np.sin(2 * np.pi * 440 * np.arange(file_rate) / file_rate)
+    sf.write(static_server.audio_dir / "high-rate.wav", samples, file_rate)
+    warnings = []
+    page.on(
+        "console",
+        lambda message: (
+            warnings.append(message.text) if message.type == "warning" else None
+        ),
+    )
+    page.evaluate(
+        """() => {
+          const NativeAudioContext = window.AudioContext;
+          window.AudioContext = class extends NativeAudioContext {
+            constructor(options = {}) {
+              if (options.sampleRate > 48000) {
+                throw new DOMException("sampleRate out of range", "NotSupportedError");
+              }
+              super({ ...options, sampleRate: options.sampleRate ?? 48000 });
+            }
+          };
+        }"""
+    )
+    result = load_in_page(page, [{"id": "high", "url": "/audio/high-rate.wav"}])
+
+    assert result["ok"], result
+    assert result["sampleRate"] == 48_000
+    assert result["lengths"] == [48_000]
+    assert any("rejected sampleRate 96000" in text for text in warnings)

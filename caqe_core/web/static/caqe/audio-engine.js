@@ -170,6 +170,8 @@ export class StimulusLoadError extends Error {
   }
 }
 
+// Chromium 156 accepts sampleRate from 3000 to 768000 Hz. Where a browser
+// rejects the file's rate, the context runs at the device rate instead.
 function createAudioContext(sampleRate) {
   const AudioContextClass = globalThis.AudioContext ?? globalThis.webkitAudioContext;
   if (!AudioContextClass) {

@@ -363,7 +363,8 @@ export class Timeline {
 
     const percent = (seconds) => `${(100 * seconds) / duration}%`;
     const position = engine.position;
-    this.#playhead.style.left = percent(position);
+    // Keep the 2 px line fully visible at the ends of the bar.
+    this.#playhead.style.left = `clamp(1px, ${percent(position)}, calc(100% - 1px))`;
 
     const preview = this.#drag?.preview ?? null;
     const region = preview ?? engine.loop;
