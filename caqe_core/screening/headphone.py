@@ -27,6 +27,7 @@ from pydantic import Field, model_validator
 
 from caqe_core.config import StudyConfig
 from caqe_core.extension import StepPage
+from caqe_core.models import Participant
 from caqe_core.screening import tones
 from caqe_core.screening.base import ScreeningConfig, ScreeningStep, participant_rng
 
@@ -107,23 +108,30 @@ class HeadphoneCheckStep(ScreeningStep):
             )
         tones.write_key(folder, {"trials": orders, "sample_rate": rate})
 
-    def items(self, page: StepPage) -> list[dict[str, Any]]:
-        folder = self.served_dir(page)
-        key = tones.read_key(folder)
-        rng = participant_rng(page.config, page.participant, self.name, page.attempt)
+    def pick(
+        self,
+        config: StudyConfig,
+        participant: Participant,
+        attempt: int,
+        key: dict[str, Any],
+    ) -> list[dict[str, Any]]:
+        """Return the key entries of the trials one attempt plays, in page order."""
+        section = config.section(self.name)
+        rng = participant_rng(config, participant, self.name, attempt)
         chosen: list[int] = []
         # Every order once before any repeats, as in a balanced block design.
-        while len(chosen) < page.section.trials:
+        while len(chosen) < section.trials:
             block = list(range(len(key["trials"])))
             rng.shuffle(block)
             chosen.extend(block)
+        return [key["trials"][index] for index in chosen[: section.trials]]
+
+    def items(self, page: StepPage) -> list[dict[str, Any]]:
+        folder = self.served_dir(page)
+        key = tones.read_key(folder)
         return [
-            {
-                "url": page.audio_url(folder / key["trials"][index]["file"]),
-                "expected": key["trials"][index]["quiet"],
-                "order": index,
-            }
-            for index in chosen[: page.section.trials]
+            {"url": page.audio_url(folder / entry["file"]), "expected": entry["quiet"]}
+            for entry in self.pick(page.config, page.participant, page.attempt, key)
         ]
 
     def read_answers(

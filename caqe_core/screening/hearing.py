@@ -23,6 +23,7 @@ from pydantic import Field, model_validator
 
 from caqe_core.config import StudyConfig
 from caqe_core.extension import StepPage
+from caqe_core.models import Participant
 from caqe_core.screening import tones
 from caqe_core.screening.base import (
     ScreeningConfig,
@@ -152,18 +153,25 @@ class HearingScreeningStep(ScreeningStep):
             stimuli.append({"file": file, "tones": count, "tone_list": tone_list})
         tones.write_key(folder, {"stimuli": stimuli, "sample_rate": rate})
 
+    def pick(
+        self,
+        config: StudyConfig,
+        participant: Participant,
+        attempt: int,
+        key: dict[str, Any],
+    ) -> list[dict[str, Any]]:
+        """Return the key entries of the stimuli one attempt plays, in page order."""
+        section = config.section(self.name)
+        rng = participant_rng(config, participant, self.name, attempt)
+        chosen = rng.sample(range(len(key["stimuli"])), section.stimuli)
+        return [key["stimuli"][index] for index in chosen]
+
     def items(self, page: StepPage) -> list[dict[str, Any]]:
         folder = self.served_dir(page)
         key = tones.read_key(folder)
-        rng = participant_rng(page.config, page.participant, self.name, page.attempt)
-        chosen = rng.sample(range(len(key["stimuli"])), page.section.stimuli)
         return [
-            {
-                "url": page.audio_url(folder / key["stimuli"][index]["file"]),
-                "expected": key["stimuli"][index]["tones"],
-                "pool_index": index,
-            }
-            for index in chosen
+            {"url": page.audio_url(folder / entry["file"]), "expected": entry["tones"]}
+            for entry in self.pick(page.config, page.participant, page.attempt, key)
         ]
 
     def read_answers(
