@@ -7,7 +7,7 @@ import math
 import random
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from flask import render_template, url_for
 
@@ -45,6 +45,20 @@ class MushraTestType(TestType):
     name = "mushra"
     title = "MUSHRA (ITU-R BS.1534-3)"
     config_model = MushraConfig
+    export_columns: ClassVar[dict[str, str]] = {
+        "block": "Page of a blocked design, from 1; empty when the item's systems "
+        "fit on one page.",
+        "system": "Rated stimulus: a system's name, hidden_reference, lowpass_3500, "
+        "lowpass_7000 or an extra anchor's name.",
+        "role": "hidden_reference, anchor_low (3.5 kHz), anchor_mid (7 kHz), anchor "
+        "(from the config) or system.",
+        "is_hidden_reference": "True for the hidden reference.",
+        "is_anchor": "True for every anchor.",
+        "rating": "Rating on the continuous quality scale, 0 (bad) to 100 (excellent).",
+        "signal": "Opaque label of the stimulus on the page (s1, s2, ...).",
+        "position": "Column of the stimulus on the page, from 1 (left).",
+    }
+    """Descriptions of the columns ``export_rows`` adds, for the data dictionary."""
 
     def demo_config(self) -> Path | None:
         return DEMO_CONFIG

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import pandas as pd
 from markupsafe import escape
 
 from caqe_core import ReportSection
+from caqe_core.results.report import table_html
 
 from . import scoring
 from .conditions import SECTION, generated_anchors, split_systems
@@ -87,6 +88,7 @@ def build_sections(
     figure_dir: Path,
     excluded: Mapping[str, Sequence[str]] | None = None,
     seed: int = 0,
+    exclude: Callable[[str, str], None] | None = None,
 ) -> list[ReportSection]:
     """Build the report sections from a table of MUSHRA export rows.
 
@@ -96,7 +98,8 @@ def build_sections(
     (:func:`scoring.post_screening`) then runs on the rest, and the
     statistics use only the listeners it keeps. Box plots and confidence
     interval plots are written to ``figure_dir`` as PNG and SVG and embedded
-    in the HTML. ``seed`` fixes the bootstrap intervals.
+    in the HTML. ``seed`` fixes the bootstrap intervals. ``exclude`` is
+    called with each listener that post-screening excludes and the reason.
     """
     missing = [column for column in COLUMNS if column not in ratings.columns]
     if missing:
@@ -112,7 +115,8 @@ def build_sections(
     table = table.loc[table["role"].isin(SCORING_ROLES)]
     table["role"] = table["role"].map(SCORING_ROLES)
     table["rating"] = table["rating"].astype(float)
-    excluded_before = sorted(set(map(str, excluded or {})) & set(table["participant"]))
+    excluded_ids = {str(p) for p, reasons in (excluded or {}).items() if reasons}
+    excluded_before = sorted(excluded_ids & set(table["participant"]))
     table = table.loc[~table["participant"].isin(excluded_before)]
     if table.empty:
         sections.append(
@@ -126,6 +130,9 @@ def build_sections(
 
     screening = scoring.post_screening(table)
     sections.append(_screening_section(screening, excluded_before, table))
+    if exclude is not None:
+        for row in screening.excluded.itertuples():
+            exclude(row.participant, _exclusion_reason(row))
     removed = set(screening.excluded["participant"])
     kept = table.loc[~table["participant"].isin(removed)]
     if kept.empty:
@@ -137,6 +144,18 @@ def build_sections(
     for scale in sorted(kept["scale"].unique()):
         sections.append(_scale_section(kept, scale, summary, by_item, figure_dir))
     return sections
+
+
+def _exclusion_reason(row: Any) -> str:
+    rule = (
+        "rated the hidden reference below 90"
+        if row.rule == scoring.RULE_REFERENCE
+        else "rated the 7 kHz anchor above 90"
+    )
+    return (
+        f"MUSHRA post-screening: {rule} on {row.n_failed} of {row.n_items} pages "
+        f"({100 * row.fraction:.0f} %, more than 15 %)"
+    )
 
 
 def _conformance_section(conforming: bool, statements: list[str]) -> ReportSection:
@@ -178,10 +197,10 @@ def _screening_section(
         reasons = screening.excluded.assign(
             fraction=screening.excluded["fraction"].round(3)
         )
-        html += "<h4>Excluded listeners</h4>" + _table_html(reasons)
+        html += "<h4>Excluded listeners</h4>" + _table(reasons, digits=3)
     if not screening.exempted_items.empty:
-        html += "<h4>Pages exempted from a rule</h4>" + _table_html(
-            screening.exempted_items
+        html += "<h4>Pages exempted from a rule</h4>" + _table(
+            screening.exempted_items, digits=3
         )
     return ReportSection(
         title="MUSHRA: post-screening",
@@ -207,7 +226,7 @@ def _scale_section(
         "<p>Mean, median and 95 % bootstrap confidence interval (BCa, resampling "
         "listeners) of the ratings of each system.</p>"
     )
-    html += _table_html(scale_summary)
+    html += _table(scale_summary, digits=1)
 
     html += "<h4>Friedman test (systems under test)</h4>"
     try:
@@ -227,7 +246,10 @@ def _scale_section(
     }
     try:
         pairs = scoring.pairwise_wilcoxon(kept, scale)
-        html += _table_html(pairs)
+        shown = pairs.assign(
+            p=pairs["p"].map(_format_p), p_holm=pairs["p_holm"].map(_format_p)
+        )
+        html += _table(shown, digits=2)
         tables[f"mushra_wilcoxon_{stem}"] = pairs
     except ValueError as error:
         html += f"<p>Not computed: {escape(str(error))}</p>"
@@ -236,18 +258,17 @@ def _scale_section(
     ci = scoring.ci_plot(summary, scale, figure_dir / f"mushra_ci_{stem}")
     html += _figure_html(box[0], f"Ratings on the scale {scale}, per system")
     html += _figure_html(ci[0], f"Mean rating and 95 % confidence interval, {scale}")
-    html += "<h4>Per item</h4>" + _table_html(scale_by_item)
+    html += "<h4>Per item</h4>" + _table(scale_by_item, digits=1)
     return ReportSection(title=f"MUSHRA: scale {scale}", html=html, tables=tables)
 
 
-def _table_html(table: pd.DataFrame) -> str:
-    return table.to_html(
-        index=False,
-        border=0,
-        classes="caqe-table",
-        float_format=lambda value: f"{value:.4g}",
-        na_rep="",
-    )
+def _format_p(value: float) -> str:
+    return "" if pd.isna(value) else f"{value:.3g}"
+
+
+def _table(frame: pd.DataFrame, digits: int) -> str:
+    # A plain str, because adding a str to Markup would escape the str.
+    return str(table_html(frame, digits=digits))
 
 
 def _figure_html(png: Path, caption: str) -> str:
@@ -263,27 +284,20 @@ def _stem(name: str) -> str:
 
 
 def sections_for_study(study: Any, data: Any) -> list[ReportSection]:
-    """Build the sections from the ``report_sections`` hook's arguments."""
-    ratings = _ratings_from(data)
-    out_dir = Path(getattr(data, "out_dir", None) or getattr(data, "output_dir", "."))
-    excluded = getattr(data, "excluded", None) or {}
+    """Build the sections from the ``report_sections`` hook's arguments.
+
+    ``data`` is a ``caqe_core.results.StudyData``. Listeners that
+    post-screening excludes are added to ``data.excluded`` with the reason,
+    so the rest of the report leaves them out too.
+    """
+    # NOTE: scoring's plot functions save their files instead of returning
+    # the figures, so they are written next to the core's figures here and
+    # are not in ReportSection.figures.
     return build_sections(
-        ratings,
+        data.ratings,
         study.config.test_type_section,
-        out_dir,
-        excluded=excluded,
+        Path(data.output_dir) / "figures",
+        excluded=data.excluded,
         seed=study.config.core.experiment.seed,
+        exclude=data.exclude,
     )
-
-
-def _ratings_from(data: Any) -> pd.DataFrame:
-    tables = getattr(data, "tables", None)
-    ratings = getattr(data, "ratings", None)
-    if ratings is None and isinstance(tables, Mapping):
-        ratings = tables.get("ratings")
-    if ratings is None:
-        raise ValueError(
-            "The report data has no ratings table; expected data.ratings or "
-            "data.tables['ratings'] with one row per exported rating."
-        )
-    return ratings

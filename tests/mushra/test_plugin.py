@@ -32,7 +32,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from caqe_core import ConditionView, ResponseError, StimulusView, TrialPage
-from caqe_core.cli import cli
+from caqe_core.cli import build_cli, cli
 from caqe_core.config import load_config
 from caqe_core.models import ListeningEvent, Reservation, Trial
 from caqe_core.plugins import Registry, set_registry
@@ -1012,3 +1012,94 @@ def test_caqe_run_serves_demo(tmp_path: Path) -> None:
             process.kill()
             process.wait(timeout=10)
         process.stdout.close()
+
+
+# --- results export and analysis report ------------------------------------------
+
+
+def test_analyze_report_has_mushra_sections(
+    make_study: Callable[..., Path],
+    tmp_path: Path,
+    sqlite_url: str,
+    use_registry: Registry,
+) -> None:
+    path = make_study(
+        tmp_path / "study",
+        items=3,
+        systems=3,
+        assignment={"conditions_per_participant": 3, "trials_per_condition": 8},
+    )
+    served = build_study(path, sqlite_url, use_registry, tmp_path / "data")
+    base = served.start()
+    means = {
+        "hidden_reference": 96,
+        "lowpass_3500": 10,
+        "lowpass_7000": 35,
+        "system0": 80,
+        "system1": 60,
+        "system2": 45,
+    }
+    try:
+        for listener in range(8):
+            http = requests.Session()
+            page_url = begin_session(http, base)
+            agree(http, page_url)
+            for _ in range(3):
+                settings = settings_of(http.get(page_url).text)
+                with served.session_factory() as session:
+                    plan = session.scalars(
+                        select(Reservation.plan).where(
+                            Reservation.status == "active",
+                            Reservation.public_id
+                            == settings["submitUrl"].rsplit("/", 1)[1],
+                        )
+                    ).one()
+                stimulus = {s["id"]: s["stimulus"] for s in plan["signals"]}
+                response = complete_response(settings)
+                for signal_id in response["ratings"]:
+                    value = means[stimulus[signal_id]] + listener % 3
+                    if listener == 0 and stimulus[signal_id] == "hidden_reference":
+                        value = 40
+                    response["ratings"][signal_id] = value
+                answer = post_response(http, base, settings, response)
+                assert answer.status_code == 200, answer.text
+    finally:
+        served.stop()
+
+    runner = CliRunner()
+    group = build_cli()
+    export_dir = tmp_path / "export"
+    exported = runner.invoke(
+        group,
+        ["results", "export", "--database-url", sqlite_url, "--out", str(export_dir)],
+    )
+    assert exported.exit_code == 0, exported.output
+    ratings = pd.read_csv(export_dir / "ratings.csv")
+    assert len(ratings) == 8 * 3 * 6
+    for column in ("system", "role", "is_hidden_reference", "is_anchor", "rating"):
+        assert column in ratings.columns
+    hidden = ratings.loc[ratings["role"] == "hidden_reference"]
+    assert hidden["is_hidden_reference"].all()
+    assert len(hidden) == 8 * 3
+
+    report = tmp_path / "report.html"
+    analyzed = runner.invoke(
+        group, ["analyze", "--database-url", sqlite_url, "--out", str(report)]
+    )
+    assert analyzed.exit_code == 0, analyzed.output
+    html = report.read_text()
+    assert "MUSHRA: conformance with ITU-R BS.1534-3" in html
+    assert "MUSHRA: post-screening" in html
+    assert "MUSHRA: scale quality" in html
+    assert "rated the hidden reference below 90 on 3 of 3 pages" in html
+    assert "&lt;h4&gt;" not in html
+    assert html.count('src="data:image/png;base64,') >= 2
+    files = tmp_path / "report_files"
+    assert (files / "figures" / "mushra_boxplot_quality.png").is_file()
+    assert (files / "figures" / "mushra_ci_quality.svg").is_file()
+    summary = pd.read_csv(files / "tables" / "mushra_summary_quality.csv")
+    summary = summary.set_index("system")
+    kept = ratings.loc[ratings["participant"] != ratings["participant"].iloc[0]]
+    expected = kept.groupby("system")["rating"].mean()
+    for system, mean in expected.items():
+        assert math.isclose(summary.loc[system, "mean"], mean)
