@@ -1,0 +1,136 @@
+"""The screening pages in headless Chromium over real HTTP: listen, answer, pass or fail."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from caqe_core.plugins import Registry
+from tests.screening.helpers import (
+    FAST_HEADPHONE,
+    FAST_HEARING,
+    expected_answers,
+    only_participant,
+    screening_config,
+    serve,
+)
+from tests.support.server import ServedStudy
+
+pytestmark = pytest.mark.browser
+
+SCREENSHOTS = Path(
+    os.environ.get("CAQE_SCREENSHOTS", "/tmp/caqe-screening-screenshots")
+)
+
+
+@pytest.fixture
+def study(tmp_path: Path, sqlite_url: str, registry: Registry) -> Iterator[ServedStudy]:
+    path = screening_config(
+        tmp_path / "study",
+        ["hearing_screening", "headphone_check"],
+        hearing_screening={**FAST_HEARING, "attempts": 2},
+        headphone_check=FAST_HEADPHONE,
+    )
+    served = serve(path, sqlite_url, registry, tmp_path / "data")
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+def _arrive(page: Any, served: ServedStudy) -> None:
+    page.goto(served.url + "/")
+    page.click("#start")
+    page.check("#agree")
+    page.click("#continue")
+    page.wait_for_selector("#calibration-play")
+
+
+def _listen(page: Any, index: int, answer_selector: str) -> None:
+    """Play one item to its end; its answer inputs unlock then."""
+    page.click(f"#play-{index}")
+    page.wait_for_selector(f"{answer_selector}:not([disabled])", timeout=15000)
+
+
+def _hearing(page: Any, counts: list[int]) -> None:
+    assert page.is_disabled("#play-1")
+    page.click("#calibration-play")
+    page.wait_for_selector("#play-1:not([disabled])")
+    for index, count in enumerate(counts, start=1):
+        assert page.is_disabled(f"#count-{index}")
+        _listen(page, index, f"#count-{index}")
+        page.fill(f"#count-{index}", str(count))
+    page.click("#continue")
+
+
+def _headphones(page: Any, answers: list[int], screenshot: str | None = None) -> None:
+    page.wait_for_selector("text=Which tone is the quietest?")
+    page.click("#calibration-play")
+    for index, answer in enumerate(answers, start=1):
+        _listen(page, index, f"#quietest-{index}-1")
+        # Each trial plays once.
+        assert page.is_disabled(f"#play-{index}")
+        assert page.inner_text(f"#play-{index}") == "Played"
+        page.check(f"#quietest-{index}-{answer}")
+    if screenshot:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / screenshot), full_page=True)
+    page.click("#continue")
+
+
+def test_listener_passes_both_checks(browser_page: Any, study: ServedStudy) -> None:
+    page = browser_page
+    _arrive(page, study)
+    public_id = only_participant(study).public_id
+    assert page.is_disabled("#continue")
+
+    counts = expected_answers(study, "hearing_screening", public_id, 0)
+    _hearing(page, counts)
+
+    quietest = expected_answers(study, "headphone_check", public_id, 0)
+    _headphones(page, quietest, screenshot="headphone-check.png")
+    page.wait_for_selector("#question")
+
+    participant = only_participant(study)
+    assert participant.status == "active"
+    assert participant.step == "trials"
+    assert participant.flags == []
+
+
+def test_listener_fails_hearing_twice(browser_page: Any, study: ServedStudy) -> None:
+    page = browser_page
+    _arrive(page, study)
+    public_id = only_participant(study).public_id
+
+    counts = expected_answers(study, "hearing_screening", public_id, 0)
+    _hearing(page, [count + 2 for count in counts])
+    page.wait_for_selector("#attempt-error")
+    assert "Attempt 2 of 2" in page.inner_text("#attempt")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "hearing-retry.png"), full_page=True)
+
+    counts = expected_answers(study, "hearing_screening", public_id, 1)
+    _hearing(page, [count + 1 for count in counts])
+    page.wait_for_selector("text=This session has ended")
+    assert only_participant(study).status == "screened_out"
+
+
+def test_listener_fails_headphone_check(browser_page: Any, study: ServedStudy) -> None:
+    page = browser_page
+    _arrive(page, study)
+    public_id = only_participant(study).public_id
+    _hearing(page, expected_answers(study, "hearing_screening", public_id, 0))
+
+    right = expected_answers(study, "headphone_check", public_id, 0)
+    # Two wrong answers: 4 of 6 is below the pass mark of 5.
+    answers = [
+        answer % 3 + 1 if index < 2 else answer for index, answer in enumerate(right)
+    ]
+    _headphones(page, answers)
+    page.wait_for_selector("text=This session has ended")
+    participant = only_participant(study)
+    assert participant.status == "screened_out"
