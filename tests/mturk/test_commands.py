@@ -147,23 +147,36 @@ def mturk_registry(consistency_plugin: ConsistencyPlugin) -> Registry:
 
 @pytest.fixture
 def harness(
+    request: pytest.FixtureRequest,
     tmp_path: Path,
-    sqlite_url: str,
     mturk_registry: Registry,
     fake_mturk: FakeMTurk,
     consistency_plugin: ConsistencyPlugin,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Harness]:
+    """The study on SQLite; ``parametrize("harness", BOTH_DATABASES, indirect=True)``
+    runs a test on PostgreSQL as well."""
     for name in ("MTURK_HOST", "CAQE_MTURK_ENDPOINT_URL", "SERVER_ADDRESS"):
         monkeypatch.delenv(name, raising=False)
+    backend = getattr(request, "param", "sqlite")
+    database_url = request.getfixturevalue(f"{backend}_url")
     served = build_study(
-        mturk_config(tmp_path / "study"), sqlite_url, mturk_registry, tmp_path / "data"
+        mturk_config(tmp_path / "study"),
+        database_url,
+        mturk_registry,
+        tmp_path / "data",
     )
     set_registry(mturk_registry)
     try:
-        yield Harness(served, fake_mturk, sqlite_url, consistency_plugin)
+        yield Harness(served, fake_mturk, database_url, consistency_plugin)
     finally:
         set_registry(None)
+        served.session_factory.kw["bind"].dispose()
+
+
+BOTH_DATABASES = pytest.mark.parametrize(
+    "harness", ["sqlite", "postgres"], indirect=True
+)
 
 
 def question_url(hit: dict[str, Any]) -> str:
@@ -382,6 +395,7 @@ def test_create_hits_dropped_response_creates_once(harness: Harness) -> None:
     assert {row.status for row in harness.hit_rows()} == {"created"}
 
 
+@BOTH_DATABASES
 def test_create_hits_resume_after_interruption(harness: Harness) -> None:
     harness.fake.crash_after("CreateHIT", 1)
 
@@ -621,6 +635,7 @@ def test_approve_records_auto_approval(harness: Harness) -> None:
     assert [row.status for row in harness.payments("reward")] == ["paid"]
 
 
+@BOTH_DATABASES
 @pytest.mark.parametrize("crash_call", [1, 2])
 def test_approve_rerun_after_crash(harness: Harness, crash_call: int) -> None:
     assert harness.run("create-hits", "1").exit_code == 0
@@ -739,6 +754,7 @@ def test_first_trial_bonus_dry_run(harness: Harness) -> None:
     assert "SendBonus" not in harness.fake.calls
 
 
+@BOTH_DATABASES
 @pytest.mark.parametrize("max_attempts", ["1", "8"])
 def test_first_trial_bonus_after_dropped_response(
     harness: Harness, max_attempts: str
@@ -768,6 +784,7 @@ def test_first_trial_bonus_after_dropped_response(
     assert [row.status for row in harness.payments("bonus")] == ["paid", "paid"]
 
 
+@BOTH_DATABASES
 def test_bonus_on_mturk_missing_from_ledger(harness: Harness) -> None:
     assert harness.run("create-hits", "1").exit_code == 0
     harness.work(harness.hit_rows()[0].external_id, "AWORKERONE")
@@ -821,6 +838,7 @@ def test_consistency_bonus_formula(consistency: float, expected: Decimal) -> Non
     assert consistency_bonus(consistency, Decimal("0.25"), 0.7) == expected
 
 
+@BOTH_DATABASES
 def test_consistency_bonus_pays_above_threshold(harness: Harness) -> None:
     assert harness.run("create-hits", "1").exit_code == 0
     hit_id = harness.hit_rows()[0].external_id
