@@ -1,7 +1,7 @@
 """From the ``pairwise`` config section to conditions: one per item and scale.
 
 A condition is one page: the pairs of one item that a participant judges on
-one scale. The condition's ``data`` holds everything ``plan_trial`` needs to
+one scale. The condition's ``data`` contains everything ``plan_trial`` needs to
 rebuild a participant's pairs, because ``plan_trial`` gets the condition but
 not the config.
 """

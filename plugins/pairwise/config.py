@@ -79,12 +79,12 @@ class PairwiseConfig(_Strict):
     """Pairs of each page shown a second time, with A and B swapped, later on
     the same page. They measure each participant's consistency."""
     allow_no_preference: bool = False
-    """True adds a "No preference" answer; false forces a choice of A or B."""
+    """True adds a "No preference" choice; false forces a choice of A or B."""
     require_both_played: bool = True
-    """True allows an answer only after A and B were each heard for
+    """True accepts a choice only after A and B were each heard for
     ``min_play_seconds`` (or at all, when that is 0)."""
     min_play_seconds: float = Field(default=1.0, ge=0, le=60)
-    """Seconds each of A and B must be heard before an answer counts."""
+    """Seconds each of A and B must be heard before a choice counts."""
     fade_ms: float = Field(default=5, ge=0, le=100)
     """Raised-cosine fade at each switch, play and stop, in milliseconds."""
 

@@ -90,7 +90,7 @@ class PairwiseTestType(TestType):
         The pairs and their A/B order come from ``design_for_participant``
         with the participant's arrival index and the condition's design
         seed. Each system the participant hears gets a label ``s1``, ``s2``,
-        ... in an order shuffled with ``rng``, so a label says nothing about
+        ... in an order shuffled with ``rng``, so a label reveals nothing about
         the system. The reference, when the item has one, is ``ref``.
         """
         data = condition.data
@@ -220,8 +220,8 @@ def judgement_rows(
 def _posted_events() -> list[Any] | None:
     """Return the listening events of the request being handled, if any.
 
-    None outside a request, or when the body has no event list; the core
-    rejects a body whose ``events`` is not a list after this call.
+    Returns None outside a request, or when the body has no event list. The
+    core rejects a body whose ``events`` is not a list after this call.
     """
     if not has_request_context():
         return None

@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 N_BOOTSTRAP = 1000
 """Bootstrap replicates of the Bradley–Terry intervals in the report."""
 
+MAX_HTML_ROWS = 200
+"""Longer per-participant tables are cut in the HTML; the CSV has every row."""
+
 
 def build_sections(
     judgements: pd.DataFrame, figure_dir: Path, seed: int = 0
@@ -126,13 +129,13 @@ def _overview_section(table: pd.DataFrame) -> ReportSection:
     html = (
         f"<p>{len(table)} judgements by {table['participant'].nunique()} "
         f"participant(s) on {table['item'].nunique()} item(s), "
-        f"{int(table['repeat'].sum())} of them repeated pairs. A 'none' answer "
+        f"{int(table['repeat'].sum())} of them repeated pairs. A 'none' choice "
         "(no preference) counts as half a win for each system of its pair.</p>"
         "<h4>Position bias</h4>"
         "<p>Share of the strict choices that went to A, the stimulus presented "
         "first, with a two-sided exact binomial test against one half.</p>"
     )
-    html += table_html(bias, digits=3)
+    html += _table_html(bias, 3)
     return ReportSection(
         title="Pairwise comparison: judgements",
         html=html,
@@ -168,7 +171,7 @@ def _scale_section(
         html += f"<p>Not computed: {escape(str(error))}</p>"
     else:
         tables[f"pairwise_bradley_terry_{stem}"] = bradley_terry
-        html += table_html(bradley_terry.sort_values("score", ascending=False), 3)
+        html += _table_html(bradley_terry.sort_values("score", ascending=False), 3)
         png, _ = scoring.plot_scores(
             bradley_terry, figure_dir / f"pairwise_bradley_terry_{stem}"
         )
@@ -180,7 +183,7 @@ def _scale_section(
         "to [0.01, 0.99]; the unit is the standard deviation of the "
         "difference between two systems' perceived values.</p>"
     )
-    html += table_html(thurstone.sort_values("score", ascending=False), 3)
+    html += _table_html(thurstone.sort_values("score", ascending=False), 3)
     png, _ = scoring.plot_scores(
         thurstone,
         figure_dir / f"pairwise_thurstone_{stem}",
@@ -192,7 +195,7 @@ def _scale_section(
         "<h4>Win matrix</h4><p>Row system preferred over column system, counted "
         "over all judgements including repeats.</p>"
     )
-    html += table_html(wins, 1)
+    html += _table_html(wins, 1)
     return ReportSection(
         title=f"Pairwise comparison: {label}", html=html, tables=tables
     )
@@ -222,13 +225,24 @@ def _consistency_section(table: pd.DataFrame) -> ReportSection:
             ],
         }
     )
-    html += table_html(summary, digits=3)
-    html += "<h4>Per participant</h4>" + table_html(measures, digits=3)
+    html += _table_html(summary, 3)
+    html += "<h4>Per participant</h4>" + _table_html(measures.head(MAX_HTML_ROWS), 3)
+    if len(measures) > MAX_HTML_ROWS:
+        html += (
+            f"<p>The first {MAX_HTML_ROWS} of {len(measures)} participants; "
+            "tables/pairwise_consistency.csv has all of them.</p>"
+        )
     return ReportSection(
         title="Pairwise comparison: consistency",
         html=html,
         tables={"pairwise_consistency": measures},
     )
+
+
+def _table_html(frame: pd.DataFrame, digits: int) -> str:
+    # str() first: adding a plain str to the Markup that table_html returns
+    # would escape the str.
+    return str(table_html(frame, digits=digits))
 
 
 def _figure_html(png: Path, caption: str) -> str:

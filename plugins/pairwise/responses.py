@@ -1,6 +1,6 @@
 """Server-side checks of a pairwise page's response.
 
-A response holds one judgement per pair the page showed, in the shape::
+A response contains one judgement per pair the page showed, in the shape::
 
     {"judgements": [{"pair": 0, "a": "s2", "b": "s1", "choice": "a",
                      "decision_time_ms": 5210.0,
@@ -43,9 +43,10 @@ JUDGEMENT_KEYS = frozenset(
 EVENT_TOLERANCE_FRACTION = 0.1
 EVENT_TOLERANCE_SECONDS = 0.25
 """The listening events may show up to 10 % plus 0.25 s less listening than
-``min_play_seconds``. Event times come from the page's clock and the engine's
-audio from the audio clock; each play, stop and switch takes effect about
-30 ms after its event, plus the fade, so the two measures differ slightly."""
+``min_play_seconds``. Event times come from the page's clock, but the
+engine measures audible time on the audio clock. Each play, stop and switch
+also becomes audible about 30 ms after its event, plus the fade, so the two
+measures differ slightly."""
 
 
 def validate_response(
@@ -208,7 +209,7 @@ def heard_seconds_from_events(events: Sequence[Any]) -> dict[tuple[int, str], fl
     events carry the audible signal in ``signal``. Each event names its pair
     in ``pair``. The time from one event to the next counts for the audible
     signal while playing, but only up to the pair's last ``choice`` event,
-    so listening after the final answer does not count. Malformed events are
+    so listening after the final choice does not count. Malformed events are
     skipped, since the core rejects them after this check.
     """
     timed = [

@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 def stored_judgements(study: Any, session: Session) -> pd.DataFrame:
     """Return every stored judgement of the study in the format of ``scoring``.
 
-    The ``participant`` column holds the database id of the participant
+    The ``participant`` column contains the database id of the participant
     (``Participant.id``), not the public id of the exports.
     """
     if not study.conditions:
@@ -49,7 +49,7 @@ def participant_consistency(study: Any, session: Session) -> dict[int, float]:
     """Return each participant's consistency in [0, 1], by participant id.
 
     The value is ``scoring.consistency``'s ``consistency``: the share of
-    repeated pairs answered the same way both times for participants who
+    repeated pairs with the same choice both times for participants who
     judged repeats, and otherwise the share of their judged triads that are
     not circular. Participants with neither (no repeats and no triad of
     three strict preferences) are left out, because there is nothing to

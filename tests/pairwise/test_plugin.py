@@ -145,7 +145,7 @@ def listening_events(
     choices: list[str],
     seconds: float = 1.5,
 ) -> list[dict[str, Any]]:
-    """Events of a listener who plays A, then B, for ``seconds`` each, then answers."""
+    """Return the events of playing A, then B, for ``seconds`` each, then choosing."""
     events: list[dict[str, Any]] = []
     clock = 0.0
     for index, (pair, choice) in enumerate(zip(pairs, choices)):
@@ -223,7 +223,7 @@ def response_for(
 def choices_by_rank(
     plan: dict[str, Any], rank: dict[str, int], flip_repeats: int = 0
 ) -> list[str]:
-    """Answer every pair for the system of lower rank; flip the first repeats."""
+    """Choose the system of lower rank in every pair, flipping the first repeats."""
     systems = system_of(plan)
     choices = []
     flipped = 0
@@ -794,7 +794,7 @@ def test_caqe_run_serves_demo(tmp_path: Path) -> None:
 def complete_page(
     served: ServedStudy, answer: Callable[[dict[str, Any]], list[str]], key: str
 ) -> int:
-    """Arrive, answer the one page with ``answer(plan)`` and return the participant id."""
+    """Arrive, judge the one page with ``answer(plan)``, return the participant id."""
     http, page_url = arrive(served.url)
     settings = settings_of(http.get(page_url).text)
     plan = plan_of(served, settings)
@@ -843,7 +843,7 @@ def test_consistency_hook_scores_repeats(
     finally:
         served.stop()
 
-    # Every repeat swaps A and B, so answering A both times picks two systems.
+    # Every repeat swaps A and B, so choosing A both times picks two systems.
     assert values == {steady: 1.0, always_a: 0.0, half: 0.5}
 
 
@@ -915,6 +915,9 @@ def test_report_scores_follow_true_strengths(tmp_path: Path) -> None:
     wins = sections[1].tables["pairwise_wins_quality"]
     assert (wins + wins.T).to_numpy().sum() == 2 * len(judgements)
     assert "data:image/png;base64," in sections[1].html
+    for section in sections:
+        assert "&lt;" not in section.html, f"{section.title} HTML is escaped"
+        assert "<table" in section.html
     assert (tmp_path / "figures" / "pairwise_bradley_terry_quality.png").exists()
     assert (tmp_path / "figures" / "pairwise_thurstone_quality.svg").exists()
     assert len(sections[2].tables["pairwise_consistency"]) == 30
@@ -963,6 +966,6 @@ def test_analyze_report_has_pairwise_sections(
     assert result.exit_code == 0, result.output
     html = report.read_text()
     assert "Pairwise comparison: scale quality" in html
-    assert "Bradley–Terry scores" in html
+    assert "<h4>Bradley–Terry scores</h4>" in html
     assert "Pairwise comparison: consistency" in html
     assert "Sections of plugin pairwise (failed)" not in html

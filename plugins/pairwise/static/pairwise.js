@@ -4,7 +4,7 @@
 //
 // Rules the page enforces (the server checks them again):
 // - nothing is usable until every stimulus is decoded;
-// - when requireBothPlayed is set, the answer buttons stay disabled until A
+// - when requireBothPlayed is set, the choice buttons stay disabled until A
 //   and B were each audible for minPlaySeconds on the current pair (or at
 //   all, when minPlaySeconds is 0);
 // - "Next pair" is enabled once the pair has an answer; the last pair's
@@ -312,7 +312,7 @@ async function submit() {
   submitting = false;
   const field = result.error?.field ? ` (${result.error.field})` : "";
   showError(
-    `The answers were not accepted${field}: ${result.error?.error ?? "unknown error"} ` +
+    `The server rejected your answers${field}: ${result.error?.error ?? "unknown error"} ` +
       "Reload the page to judge its pairs again.",
   );
   updateControls();
@@ -339,8 +339,8 @@ function bindControls() {
 async function main() {
   const flushed = await flushPending();
   if (flushed.some((result) => result.ok)) {
-    // An answer left by an earlier page was stored now: the current page may
-    // have moved on.
+    // A response that an earlier page left behind was stored now, so the
+    // participant may have moved on to another page.
     window.location.reload();
     return;
   }
