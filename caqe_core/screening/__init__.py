@@ -9,6 +9,7 @@ loading Flask views or numpy.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from caqe_core.extension import FlowStep
 from caqe_core.hookspecs import hookimpl
@@ -16,8 +17,17 @@ from caqe_core.hookspecs import hookimpl
 
 @hookimpl
 def register_flow_steps(register: Callable[[FlowStep], None]) -> None:
+    from caqe_core.screening.gold import GoldStep
     from caqe_core.screening.headphone import HeadphoneCheckStep
     from caqe_core.screening.hearing import HearingScreeningStep
 
     register(HearingScreeningStep())
     register(HeadphoneCheckStep())
+    register(GoldStep())
+
+
+@hookimpl
+def register_routes(app: Any) -> None:
+    from caqe_core.screening import gold
+
+    gold.register(app)

@@ -134,3 +134,63 @@ def test_listener_fails_headphone_check(browser_page: Any, study: ServedStudy) -
     page.wait_for_selector("text=This session has ended")
     participant = only_participant(study)
     assert participant.status == "screened_out"
+
+
+SUBMIT_SCALE_TRIAL = """async () => {
+    // The 'scale' test page HTML-escapes its JSON inside the script element.
+    const decoder = document.createElement("textarea");
+    decoder.innerHTML = document.getElementById("trial").textContent;
+    const trial = JSON.parse(decoder.value);
+    const ratings = Object.fromEntries(trial.signals.map((signal) => [signal.id, 5]));
+    const response = await fetch(trial.submit, {
+        method: "POST",
+        headers: {"Content-Type": "application/json", "X-CAQE-CSRF": trial.csrf},
+        body: JSON.stringify({idempotency_key: "browser-" + trial.submit.slice(-16), response: {ratings}, events: []}),
+    });
+    return (await response.json()).next;
+}"""
+
+
+@pytest.mark.parametrize("right", [True, False])
+def test_gold_item_in_browser(
+    browser_page: Any, tmp_path: Path, sqlite_url: str, registry: Registry, right: bool
+) -> None:
+    from caqe_core.screening.gold import pick_items
+    from tests.screening.test_gold import _gold_key
+
+    path = screening_config(
+        tmp_path / "study", ["gold"], gold={"rate": 0.5, "on_fail": "end"}
+    )
+    served = serve(path, sqlite_url, registry, tmp_path / "data")
+    try:
+        page = browser_page
+        page.goto(served.url + "/")
+        page.click("#start")
+        page.check("#agree")
+        page.click("#continue")
+        page.wait_for_selector("#gold-notice")
+        page.click("#continue")
+        participant = only_participant(served)
+        [expected] = [
+            entry["answer"]
+            for entry in pick_items(served.study.config, participant, _gold_key(served))
+        ]
+        while not page.query_selector("#gold-question"):
+            page.goto(served.url + page.evaluate(SUBMIT_SCALE_TRIAL))
+        assert page.is_disabled("#answer-1")
+        page.click("#play-1")
+        page.wait_for_selector("#answer-1:not([disabled])", timeout=15000)
+        choice = expected if right else str(int(expected) % 4 + 1)
+        page.check(f"#answer-{choice}")
+        if right:
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOTS / "gold-item.png"), full_page=True)
+        page.click("#continue")
+        if right:
+            page.wait_for_load_state()
+            assert only_participant(served).status in ("active", "completed")
+        else:
+            page.wait_for_selector("text=This session has ended")
+            assert only_participant(served).status == "screened_out"
+    finally:
+        served.stop()
