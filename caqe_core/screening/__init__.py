@@ -20,10 +20,12 @@ def register_flow_steps(register: Callable[[FlowStep], None]) -> None:
     from caqe_core.screening.gold import GoldStep
     from caqe_core.screening.headphone import HeadphoneCheckStep
     from caqe_core.screening.hearing import HearingScreeningStep
+    from caqe_core.screening.hearing_response import HearingResponseStep
 
     register(HearingScreeningStep())
     register(HeadphoneCheckStep())
     register(GoldStep())
+    register(HearingResponseStep())
 
 
 @hookimpl

@@ -194,3 +194,65 @@ def test_gold_item_in_browser(
             assert only_participant(served).status == "screened_out"
     finally:
         served.stop()
+
+
+def test_hearing_response_in_browser(
+    browser_page: Any, tmp_path: Path, sqlite_url: str, registry: Registry
+) -> None:
+    from sqlalchemy import select
+
+    from caqe_core.models import ScreeningResult
+
+    section = {"frequencies": [500, 2000], "runs": 2, "pulse_ms": 100, "floor_db": -40}
+    path = screening_config(
+        tmp_path / "study", ["hearing_response"], hearing_response=section
+    )
+    served = serve(path, sqlite_url, registry, tmp_path / "data")
+    try:
+        page = browser_page
+        page.goto(served.url + "/")
+        page.click("#start")
+        page.check("#agree")
+        page.click("#continue")
+        expected: dict[str, float] = {}
+        for index in range(1, 5):
+            run = page.locator(f"[data-run='{index}']")
+            start = float(run.get_attribute("data-start"))
+            field = page.locator(f"#level-{index}").get_attribute("name")
+            run.locator("[data-action=play]").click()
+            # Three steps down, one up, and down past the floor for the last run.
+            presses = (
+                ["softer"] * 3 + ["louder"] + (["softer"] * 20 if index == 4 else [])
+            )
+            for action in presses:
+                run.locator(f"[data-action={action}]").click()
+            run.locator("[data-action=done]").click()
+            expected[field] = max(-40.0, start - 2 * 2 - (40 if index == 4 else 0))
+        assert page.is_enabled("#continue")
+        page.click("#continue")
+        page.wait_for_selector("#question")
+        with served.session_factory() as session:
+            result = session.scalars(
+                select(ScreeningResult).where(
+                    ScreeningResult.step == "hearing_response"
+                )
+            ).one()
+        assert result.passed is None
+        for field, attenuation in expected.items():
+            _, frequency, run_number = field.split("_")
+            assert (
+                result.data[f"threshold_{frequency}hz_run{run_number}_dbfs"]
+                == -20 + attenuation
+            )
+        for frequency in ("500", "2000"):
+            runs = [
+                -20 + value
+                for key, value in expected.items()
+                if key.split("_")[1] == frequency
+            ]
+            assert result.data[f"threshold_{frequency}hz_dbfs"] == pytest.approx(
+                sum(runs) / 2
+            )
+        assert result.data["floor_reached"] == 1
+    finally:
+        served.stop()
