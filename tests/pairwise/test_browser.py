@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
+from caqe_pairwise.responses import heard_seconds_from_events
 from click.testing import CliRunner
 from sqlalchemy import select
 
@@ -37,6 +38,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 MIN_PLAY_SECONDS = 0.3
+# Each play, switch and stop becomes audible about 30 ms plus one 5 ms fade
+# after its event, so the events may show slightly less listening than the
+# audio engine measured.
+EVENT_SLACK_SECONDS = 0.15
 PAGES = 2
 EXPORT_COLUMNS = (
     "participant",
@@ -185,10 +190,37 @@ def test_participant_completes_demo_in_chromium(
         choice_events = session.scalars(
             select(ListeningEvent).where(ListeningEvent.type == "choice")
         ).all()
+        stored_events = {
+            trial.id: [
+                {"type": event.type, "time": event.time_ms, **event.data}
+                for event in session.scalars(
+                    select(ListeningEvent)
+                    .where(ListeningEvent.trial_id == trial.id)
+                    .order_by(ListeningEvent.sequence)
+                )
+            ]
+            for trial, _ in trials
+        }
     planned = sum(len(plan["pairs"]) for _, plan in trials)
     assert len(trials) == PAGES
     assert planned == len(answers)
     assert len(choice_events) == len(answers)
+
+    # The events the page logged account for the listening it reported: the
+    # server's check must not reject an honest page.
+    for trial, plan in trials:
+        heard = heard_seconds_from_events(stored_events[trial.id])
+        for judgement in trial.response["judgements"]:
+            pair = plan["pairs"][judgement["pair"]]
+            for side in ("a", "b"):
+                reported = judgement["played_seconds"][side]
+                assert reported >= MIN_PLAY_SECONDS
+                from_events = heard.get((judgement["pair"], pair[side]), 0.0)
+                assert from_events >= reported - EVENT_SLACK_SECONDS, (
+                    judgement,
+                    side,
+                    from_events,
+                )
 
     out_dir = tmp_path / "export"
     result = CliRunner().invoke(
