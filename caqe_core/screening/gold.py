@@ -335,7 +335,13 @@ def answer(token: str) -> Any:
     total = len(schedule(study.config, participant))
     failed = errors > section.max_errors
     last = index + 1 == total
-    passed: bool | None = False if failed else (True if last else None)
+    # The verdict is known once too many answers are wrong, or with the last item.
+    passed: bool | None = None
+    outcome = "pending"
+    if failed:
+        passed, outcome = False, "fail"
+    elif last:
+        passed, outcome = True, "pass"
     session.add(
         ScreeningResult(
             participant_id=participant.id,
@@ -351,7 +357,7 @@ def answer(token: str) -> Any:
                 "answer": choice,
                 "correct": correct,
                 "errors_so_far": errors,
-                "outcome": "fail" if failed else ("pass" if last else "pending"),
+                "outcome": outcome,
             },
         )
     )
