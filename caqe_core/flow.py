@@ -63,12 +63,15 @@ def start_participant(
         study.name,
         recruiter,
     )
-    with session_factory() as session, session.begin():
-        participant = session.get(Participant, participant.id)
-        experiment = session.get(Experiment, study.experiment_id)
-        study.registry.hook.participant_started(
-            participant=participant, experiment=experiment, session=session
-        )
+    with session_factory() as session:
+        with session.begin():
+            participant = session.get(Participant, participant.id)
+            experiment = session.get(Experiment, study.experiment_id)
+            study.registry.hook.participant_started(
+                participant=participant, experiment=experiment, session=session
+            )
+        # Detached only after the commit: an object expunged earlier would
+        # silently drop the changes a plugin made to it.
         session.expunge(participant)
     return participant
 
@@ -98,6 +101,23 @@ def advance(session: Session, study: Study, participant: Participant) -> None:
     if participant.step == DONE and participant.status == "active":
         participant.status = "completed"
         participant.finished_at = utcnow()
+
+
+def claim_step(session: Session, participant: Participant) -> bool:
+    """Lock the participant's row for a step change; return False if it already moved.
+
+    Two requests of one participant (a double-click, two tabs) may both act
+    on the step they read. The conditional update makes the second one wait
+    for the first to commit and then match no row, so each step is
+    completed once and ``participant_finished`` fires once.
+    """
+    result = session.execute(
+        update(Participant)
+        .where(Participant.id == participant.id, Participant.step == participant.step)
+        .values(step=participant.step)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
 
 
 def end_session(participant: Participant, status: str) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from caqe_core.assignment import change_load, completed_count, ensure_reservations
 from caqe_core.extension import CompletionPage, ResponseError, StepPage, TrialPage
-from caqe_core.flow import DONE, advance, end_session, notify_finished
+from caqe_core.flow import DONE, advance, claim_step, end_session, notify_finished
 from caqe_core.models import (
     Experiment,
     ListeningEvent,
@@ -98,11 +98,15 @@ def submit_step(token: str, step_name: str) -> Any:
         return redirect(participant_url(participant), code=303)
     study = current_study()
     session = db_session()
+    if not claim_step(session, participant):
+        session.rollback()
+        return redirect(participant_url(participant), code=303)
     if step_name == "training":
         advance(session, study, participant)
         session.commit()
         return redirect(participant_url(participant), code=303)
     if step_name == "trials":
+        session.rollback()
         return redirect(participant_url(participant), code=303)
 
     flow_step = study.registry.flow_steps[step_name]
@@ -185,6 +189,9 @@ def _render_trial(token: str, participant: Participant) -> Any:
     reservations = ensure_reservations(state().session_factory, study, participant.id)
     session = db_session()
     if not reservations:
+        if not claim_step(session, participant):
+            session.rollback()
+            return redirect(participant_url(participant), code=303)
         if completed_count(session, participant.id) == 0:
             end_session(participant, "no_work")
             logger.info("Participant %s found no work left in %s", participant.id, study.name)
@@ -279,6 +286,10 @@ def submit_trial(token: str, reservation_id: str) -> Any:
         )
         return json_error(403, "This trial is not assigned to you.", "trial")
     if reservation.status == "completed":
+        # A replay that raced the first submission finds the trial only now.
+        answered = session.scalar(select(Trial).where(Trial.reservation_id == reservation.id))
+        if answered is not None and answered.idempotency_key == key:
+            return answered.acknowledgement
         return json_error(409, "This trial was already answered with another idempotency_key.", "trial")
 
     study = current_study()
