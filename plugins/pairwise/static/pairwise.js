@@ -2,17 +2,20 @@
 // with A, B and the reference (when the item has one) on one timeline, and a
 // forced choice between A and B (plus "No preference" when the study allows it).
 //
-// Rules the page enforces (the server checks them again):
-// - nothing is usable until every stimulus is decoded;
-// - when requireBothPlayed is set, the choice buttons stay disabled until A
+// Rules the page enforces (the server checks the last two again):
+// - Nothing is usable until every stimulus is decoded.
+// - When requireBothPlayed is set, the choice buttons stay disabled until A
 //   and B were each audible for minPlaySeconds on the current pair (or at
-//   all, when minPlaySeconds is 0);
-// - "Next pair" is enabled once the pair has an answer; the last pair's
-//   button submits every judgement of the page in one response.
+//   all, when minPlaySeconds is 0).
+// - "Next pair" is enabled once the pair has a choice. The last pair's button
+//   submits every judgement of the page in one response.
 //
-// Every engine event is logged with the index of the pair on screen, and the
-// page adds a "pair" event when it shows a pair and a "choice" event for each
-// answer, so the server can check the listening behind each answer.
+// Choices live only in this page until it submits, so a reload starts the
+// page again from its first pair.
+//
+// Every engine event is logged with the index of the pair on screen. The page
+// adds a "pair" event when it shows a pair and a "choice" event for each
+// choice, so the server can check the listening behind each judgement.
 
 import { AudioEngine } from "../static/caqe/audio-engine.js";
 import { Timeline } from "../static/caqe/timeline.js";
