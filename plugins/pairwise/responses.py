@@ -26,7 +26,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 from caqe_core import ResponseError
 
@@ -155,7 +155,7 @@ def _validate_judgement(
             f"{where}.choice",
             f"must be one of {', '.join(map(repr, allowed))}, got {choice!r}"
             + (
-                "; this study has no 'No preference' answer."
+                "; this study has no 'No preference' choice."
                 if choice == "none"
                 else "."
             ),
@@ -287,7 +287,7 @@ def _requirement(section: PairwiseConfig) -> str:
     return "this study requires playing both A and B before an answer."
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     return (
         isinstance(value, (int, float))
         and not isinstance(value, bool)
@@ -295,5 +295,5 @@ def _is_number(value: Any) -> bool:
     )
 
 
-def _is_index(value: Any) -> bool:
+def _is_index(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
