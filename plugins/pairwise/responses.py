@@ -14,7 +14,7 @@ final choice, as the browser's audio engine measured it. ``dropped_events``
 (optional) counts listening events the page left out to stay under the
 core's limit.
 
-When answers require listening, the server checks the reported seconds
+When choices require listening, the server checks the reported seconds
 against ``min_play_seconds`` and also recomputes a lower bound from the
 listening events the page posts with the response (see
 :func:`heard_seconds_from_events`).

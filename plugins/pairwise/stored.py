@@ -48,12 +48,12 @@ def stored_judgements(study: Any, session: Session) -> pd.DataFrame:
 def participant_consistency(study: Any, session: Session) -> dict[int, float]:
     """Return each participant's consistency in [0, 1], by participant id.
 
-    The value is ``scoring.consistency``'s ``consistency``: the share of
-    repeated pairs with the same choice both times for participants who
-    judged repeats, and otherwise the share of their judged triads that are
-    not circular. Participants with neither (no repeats and no triad of
-    three strict preferences) are left out, because there is nothing to
-    measure.
+    The value is the ``consistency`` column of ``scoring.consistency``. For
+    a participant who judged repeats, it is the share of repeated pairs with
+    the same choice both times. Otherwise it is the share of their judged
+    triads that are not circular. Participants with neither (no repeats and
+    no triad of three strict preferences) are left out, because there is
+    nothing to measure.
     """
     judgements = stored_judgements(study, session)
     if judgements.empty:
