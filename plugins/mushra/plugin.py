@@ -102,6 +102,8 @@ class MushraTestType(TestType):
             ],
             "submitUrl": page.submit_url,
             "csrfToken": page.csrf_token,
+            # The core checks that every stimulus of a page has this rate.
+            "sampleRate": next(iter(page.condition.stimuli.values())).sample_rate,
             "minPlaySeconds": section.min_play_seconds,
             "fadeMs": section.fade_ms,
         }
@@ -228,11 +230,17 @@ def rated_signals(plan: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def _static_urls() -> dict[str, str]:
+def _static_urls() -> dict[str, Any]:
     names = ("mushra.css", "mushra.js", "training.js")
-    return {name: url_for("mushra.static", filename=name) for name in names} | {
-        "engine_css": url_for("static", filename="caqe/engine.css"),
+    urls: dict[str, Any] = {
+        name: url_for("mushra.static", filename=name) for name in names
     }
+    urls["engine_css"] = url_for("static", filename="caqe/engine.css")
+    urls["modules"] = [urls["mushra.js"]] + [
+        url_for("static", filename=f"caqe/{name}")
+        for name in ("audio-engine.js", "timeline.js", "response-queue.js")
+    ]
+    return urls
 
 
 def _validate_ratings(ratings: Any, expected: list[str]) -> dict[str, float]:

@@ -226,3 +226,42 @@ def test_submit_needs_every_stimulus(
 
     rate_with_keyboard(page, last, 1)
     assert not submit_disabled(page)
+
+
+def test_96k_page_plays_at_96k(
+    page: Any,
+    make_study: Callable[..., Path],
+    tmp_path: Path,
+    sqlite_url: str,
+    registry: Registry,
+) -> None:
+    path = make_study(
+        tmp_path / "study",
+        items=1,
+        systems=3,
+        rate=96000,
+        seconds=2.0,
+        mushra={"min_play_seconds": MIN_PLAY_SECONDS},
+    )
+    set_registry(registry)
+    served = build_study(path, sqlite_url, registry, tmp_path / "data")
+    base = served.start()
+    try:
+        page.goto(base + "/")
+        page.click("#start")
+        page.check("#agree")
+        page.click("#continue")
+        page.wait_for_selector(READY, timeout=30000)
+        assert page.get_attribute("#mushra", "data-sample-rate") == "96000"
+        for index, signal in enumerate(signal_ids(page), start=1):
+            listen(page, index, signal)
+            rate_with_keyboard(page, signal, 3)
+        assert not submit_disabled(page)
+        page.click("#mushra-submit")
+        page.wait_for_selector("#completion-code", timeout=30000)
+        with served.session_factory() as session:
+            trial = session.scalars(select(Trial)).one()
+            assert set(trial.response["ratings"].values()) == {3.0}
+    finally:
+        served.stop()
+        set_registry(None)
