@@ -183,6 +183,16 @@ def check_study(
     infos: dict[Path, AudioInfo] = {}
     for spec in specs:
         problems.extend(_check_condition(config, spec, infos))
+    for name in config.core.flow.steps:
+        step = registry.flow_steps.get(name)
+        if step is None:
+            continue
+        # Steps generate their signals here (tones, test stimuli), and a step
+        # reports a config it cannot serve as a ConfigError.
+        try:
+            step.prepare(config.section(name), config, generated_dir)
+        except ConfigError as error:
+            problems.extend(error.problems)
     if problems:
         raise ConfigError(problems)
     return CheckedStudy(config=config, specs=specs, infos=infos)
@@ -273,12 +283,6 @@ def prepare_study(
 ) -> Study:
     """Check the study, write prepared audio and store it in the database."""
     checked = check_study(config, registry, generated_dir(data_dir, config.name))
-    for name in config.core.flow.steps:
-        step = registry.flow_steps.get(name)
-        if step is not None:
-            step.prepare(
-                config.section(name), config, generated_dir(data_dir, config.name)
-            )
 
     prepared: dict[Path, tuple[Path, str]] = {}
     for spec in checked.specs:
