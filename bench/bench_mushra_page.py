@@ -5,13 +5,12 @@ one page of 12 rated stimuli (hidden reference, two anchors, nine systems)
 plus the open reference, each 10 s of mono 48 kHz FLAC. In one Chromium run,
 each repeat measures
 
-(a) the MUSHRA page: from navigation start until the page is usable (every
+(a) the MUSHRA page, from navigation start until the page is usable: every
     stimulus decoded by the audio engine, the timeline drawn and the
-    controls enabled), read from the page's `caqe-mushra-ready` performance
-    mark; and, as a second figure, from the start of the page's script
-    (`caqe-mushra-start`, after the HTML, CSS and modules arrived) until
-    usable, and
-(b) the baseline: a new AudioContext at 48 kHz and
+    controls enabled. The page's `caqe-mushra-ready` performance mark gives
+    this time. A second figure starts at the page's script
+    (`caqe-mushra-start`, once the HTML, CSS and modules arrived).
+(b) The baseline: a new AudioContext at 48 kHz and
     `Promise.all(fetch -> arrayBuffer -> decodeAudioData)` of the same 13
     audio URLs, run on another page of the same server.
 
@@ -153,7 +152,7 @@ def cpu_model() -> str:
 
 
 def measure(base: str, repeats: int) -> tuple[list[dict[str, float]], str]:
-    """Return one {page, baseline} pair of milliseconds per repeat, warm-up first."""
+    """Return the milliseconds of each repeat (page, script, baseline), warm-up first."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -31,7 +31,7 @@ HIDDEN_REFERENCE_KEY = "hidden_reference"
 LOW_ANCHOR_KEY = f"lowpass_{LOW_ANCHOR_HZ}"
 MID_ANCHOR_KEY = f"lowpass_{MID_ANCHOR_HZ}"
 RESERVED_KEYS = (REFERENCE_KEY, HIDDEN_REFERENCE_KEY, LOW_ANCHOR_KEY, MID_ANCHOR_KEY)
-"""Stimulus keys the plugin uses itself; systems and anchors cannot take them."""
+"""Stimulus keys of the plugin's own stimuli. Systems and anchors cannot use them."""
 
 ANCHOR_ROLES = ("anchor_low", "anchor_mid", "anchor")
 RATED_ROLES = ("hidden_reference", *ANCHOR_ROLES, "system")

@@ -97,14 +97,14 @@ class MushraConfig(_Strict):
     """Question of every scale that sets none of its own."""
     anchors: AnchorsConfig = Field(default_factory=AnchorsConfig)
     allow_nonconforming: bool = False
-    """True allows settings that break BS.1534-3 (no 3.5 kHz anchor, more
-    than 12 signals on a page); the report then says the test does not
+    """True allows settings that break BS.1534-3: no 3.5 kHz anchor, or more
+    than 12 signals on a page. The report then states that the test does not
     conform."""
     max_signals_per_page: int = Field(default=BS1534_MAX_SIGNALS, ge=2, le=30)
     """Rated signals per page: hidden reference, anchors and systems."""
     blocked_design: bool = False
     """True splits the systems of an item over several pages when they do not
-    fit on one; each page keeps the hidden reference and the anchors."""
+    fit on one. Each page keeps the hidden reference and the anchors."""
     min_play_seconds: float = Field(default=1.0, ge=0, le=60)
     """Seconds a stimulus must be heard before its slider can move."""
     fade_ms: float = Field(default=5, ge=0, le=100)

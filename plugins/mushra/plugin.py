@@ -71,8 +71,8 @@ class MushraTestType(TestType):
     ) -> dict[str, Any]:
         """Shuffle the rated signals and label them ``s1`` to ``sN`` in shown order.
 
-        The labels are given after shuffling, so a label says nothing about the
-        stimulus behind it. The open reference is always ``ref``.
+        The labels are given after shuffling, so a label reveals nothing about
+        the stimulus behind it. The open reference is always ``ref``.
         """
         rated = sorted(
             key
@@ -189,12 +189,10 @@ class MushraTestType(TestType):
     def export_rows(self, trial: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Return one row per rating of a stored trial.
 
-        Columns: ``item``, ``scale``, ``block`` (1-based, or None without a
-        blocked design), ``system`` (the stimulus key: a system's name,
-        ``hidden_reference``, ``lowpass_3500``, ``lowpass_7000`` or an extra
-        anchor's name), ``role``, ``is_hidden_reference``, ``is_anchor``,
-        ``rating`` (float, 0 to 100), ``signal`` (the page's label) and
-        ``position`` (1-based column on the page).
+        The rows have ``item``, ``scale`` and the columns that
+        ``export_columns`` describes: ``block``, ``system``, ``role``,
+        ``is_hidden_reference``, ``is_anchor``, ``rating``, ``signal`` and
+        ``position``.
         """
         condition: ConditionView = trial["condition"]
         response = trial["response"]

@@ -134,15 +134,15 @@ def build_sections(
         for row in screening.excluded.itertuples():
             exclude(row.participant, _exclusion_reason(row))
     removed = set(screening.excluded["participant"])
-    kept = table.loc[~table["participant"].isin(removed)]
-    if kept.empty:
+    screened = table.loc[~table["participant"].isin(removed)]
+    if screened.empty:
         return sections
 
     figure_dir.mkdir(parents=True, exist_ok=True)
-    summary = scoring.summarize(kept, seed=seed)
-    by_item = scoring.summarize(kept, by_item=True, seed=seed)
-    for scale in sorted(kept["scale"].unique()):
-        sections.append(_scale_section(kept, scale, summary, by_item, figure_dir))
+    summary = scoring.summarize(screened, seed=seed)
+    by_item = scoring.summarize(screened, by_item=True, seed=seed)
+    for scale in sorted(screened["scale"].unique()):
+        sections.append(_scale_section(screened, scale, summary, by_item, figure_dir))
     return sections
 
 
@@ -213,7 +213,7 @@ def _screening_section(
 
 
 def _scale_section(
-    kept: pd.DataFrame,
+    screened: pd.DataFrame,
     scale: str,
     summary: pd.DataFrame,
     by_item: pd.DataFrame,
@@ -230,7 +230,7 @@ def _scale_section(
 
     html += "<h4>Friedman test (systems under test)</h4>"
     try:
-        result = scoring.friedman(kept, scale)
+        result = scoring.friedman(screened, scale)
         html += (
             f"<p>&chi;&sup2; = {result.statistic:.3f}, p = {result.pvalue:.4g}, "
             f"{result.n_blocks} complete (listener, item) blocks, systems: "
@@ -245,16 +245,16 @@ def _scale_section(
         f"mushra_summary_by_item_{stem}": scale_by_item,
     }
     try:
-        pairs = scoring.pairwise_wilcoxon(kept, scale)
-        shown = pairs.assign(
+        pairs = scoring.pairwise_wilcoxon(screened, scale)
+        formatted = pairs.assign(
             p=pairs["p"].map(_format_p), p_holm=pairs["p_holm"].map(_format_p)
         )
-        html += _table(shown, digits=2)
+        html += _table(formatted, digits=2)
         tables[f"mushra_wilcoxon_{stem}"] = pairs
     except ValueError as error:
         html += f"<p>Not computed: {escape(str(error))}</p>"
 
-    box = scoring.boxplot(kept, scale, figure_dir / f"mushra_boxplot_{stem}")
+    box = scoring.boxplot(screened, scale, figure_dir / f"mushra_boxplot_{stem}")
     ci = scoring.ci_plot(summary, scale, figure_dir / f"mushra_ci_{stem}")
     html += _figure_html(box[0], f"Ratings on the scale {scale}, per system")
     html += _figure_html(ci[0], f"Mean rating and 95 % confidence interval, {scale}")

@@ -47,7 +47,7 @@ def training_examples(section: MushraConfig) -> list[dict[str, Any]]:
                     ),
                 }
             )
-    # asset_url adds a stimulus row the first time a file is served.
+    # asset_url adds a stimulus row the first time it makes a URL for a file.
     session.commit()
     return examples
 

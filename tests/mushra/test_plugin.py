@@ -817,7 +817,7 @@ def test_server_rejects_invalid_ratings(served_mushra: ServedStudy) -> None:
     ids = [signal["id"] for signal in settings["signals"]]
     stored = 0
     if len(ids) == len(larger) - 1:
-        # Answer the larger page first, so that the page under test lacks an
+        # Submit the larger page first, so that the page under test lacks an
         # id of the other page.
         answer = post_response(
             http, served_mushra.url, settings, complete_response(settings)

@@ -1,10 +1,10 @@
 // MUSHRA trial page (ITU-R BS.1534-3): the open reference, one vertical
 // 0-100 slider per stimulus, the shared timeline and keyboard shortcuts.
 //
-// Rules the page enforces (the server checks the ratings again):
-// - nothing is usable until every stimulus is decoded;
-// - a slider is disabled until its stimulus was audible for minPlaySeconds;
-// - "Submit" is enabled once every stimulus was heard and its slider moved.
+// The page enforces three rules, and the server checks the ratings again.
+// Nothing is usable until every stimulus is decoded. A slider is disabled
+// until its stimulus was audible for minPlaySeconds. "Submit" is enabled
+// once every stimulus was heard and its slider moved.
 
 import { AudioEngine } from "../static/caqe/audio-engine.js";
 import { Timeline } from "../static/caqe/timeline.js";
@@ -88,25 +88,25 @@ function updateControls() {
     button.setAttribute("aria-pressed", String(selected));
   }
 
-  let heard = 0;
-  let rated = 0;
+  let heardCount = 0;
+  let ratedCount = 0;
   for (const [id, column] of columns) {
     if (!column.heard && wasHeard(id)) column.heard = true;
     const canRate = column.heard || settings.minPlaySeconds === 0;
     if (column.slider.disabled === canRate && !submitting) column.slider.disabled = !canRate;
     column.column.classList.toggle("mushra-column--heard", column.heard);
     column.column.classList.toggle("mushra-column--rated", column.rated);
-    if (column.heard) heard += 1;
-    if (column.rated) rated += 1;
+    if (column.heard) heardCount += 1;
+    if (column.rated) ratedCount += 1;
   }
 
   const total = columns.size;
-  const complete = heard === total && rated === total;
+  const complete = heardCount === total && ratedCount === total;
   submitButton.disabled = !complete || submitting;
   if (!submitting) {
     statusLine.textContent = complete
       ? "Every stimulus is rated. You can still change the ratings before you submit."
-      : `Heard ${heard} of ${total} stimuli, rated ${rated} of ${total}. ` +
+      : `Heard ${heardCount} of ${total} stimuli, rated ${ratedCount} of ${total}. ` +
         (settings.minPlaySeconds > 0
           ? `A slider unlocks after its stimulus played for ${settings.minPlaySeconds} s.`
           : "");
@@ -171,12 +171,12 @@ function collectEvents() {
 
   const others = mapped.filter((event) => event.type !== "loop").length;
   let loopsKept = Math.max(0, MAX_EVENTS - others);
-  const kept = mapped.filter((event) => {
+  const retained = mapped.filter((event) => {
     if (event.type !== "loop") return true;
     loopsKept -= 1;
     return loopsKept >= 0;
   });
-  const events = kept.slice(0, MAX_EVENTS);
+  const events = retained.slice(0, MAX_EVENTS);
   return { events, dropped: mapped.length - events.length };
 }
 
@@ -247,15 +247,15 @@ async function main() {
   performance.mark("caqe-mushra-start");
   const flushed = await flushPending();
   if (flushed.some((result) => result.ok)) {
-    // An answer left by an earlier page was stored now: the current page may
-    // have moved on.
+    // A response left by an earlier page was stored just now, so the
+    // participant's current page may have changed.
     window.location.reload();
     return;
   }
 
-  // The page knows the stimuli's sample rate, so the context is created now
-  // and not when the first file arrives: the first decode does not wait for
-  // it (bench/bench_mushra_page.py measured the difference).
+  // The settings contain the stimuli's sample rate, so the context is
+  // created before any file arrives and the first decode does not wait for
+  // it. bench/bench_mushra_page.py measured the difference.
   audioContext = createContext(settings.sampleRate);
   engine = new AudioEngine({ fadeMs: settings.fadeMs, context: audioContext });
   engine.resumeOnGesture();
