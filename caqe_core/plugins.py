@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import logging
 import os
@@ -20,7 +21,8 @@ ENTRY_POINT_GROUP = "caqe"
 PLUGINS_ENV = "CAQE_PLUGINS"
 """Comma-separated plugin names; when set, only these entry points load."""
 
-CORE_PLUGIN_NAMES = ("caqe_core.steps",)
+CORE_PLUGIN_NAMES = ("caqe_core.steps", "caqe_core.screening")
+"""Modules of the core that register through the hooks like any plugin."""
 
 
 class PluginError(RuntimeError):
@@ -105,12 +107,11 @@ def build_registry(extra_plugins: list[tuple[str, object]] | None = None) -> Reg
     pm.add_hookspecs(hookspecs)
     registry = Registry(pm)
 
-    from caqe_core import __version__, screening, steps
+    from caqe_core import __version__
 
-    _register(pm, steps, "caqe_core.steps")
-    registry.versions["caqe_core.steps"] = __version__
-    _register(pm, screening, "caqe_core.screening")
-    registry.versions["caqe_core.screening"] = __version__
+    for name in CORE_PLUGIN_NAMES:
+        _register(pm, importlib.import_module(name), name)
+        registry.versions[name] = __version__
 
     allowed = allowed_plugin_names()
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -185,11 +186,20 @@ def _collect(registry: Registry) -> None:
         caller = getattr(registry.pm.hook, hook_name)
         for impl in caller.get_hookimpls():
             plugin_name = registry.pm.get_name(impl.plugin) or repr(impl.plugin)
-            impl.function(
-                register=_make_register(
-                    plugin_name, hook_name, base, target, attributes, registry
-                )
+            register = _make_register(
+                plugin_name, hook_name, base, target, attributes, registry
             )
+            # Pluggy lets an implementation take fewer arguments than the spec.
+            arguments = {"register": register} if "register" in impl.argnames else {}
+            try:
+                impl.function(**arguments)
+            except PluginError:
+                raise
+            except Exception as error:
+                raise PluginError(
+                    f"Plugin {plugin_name!r} failed in {hook_name}: "
+                    f"{type(error).__name__}: {error}"
+                ) from error
 
 
 def _make_register(

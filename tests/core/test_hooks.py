@@ -418,6 +418,36 @@ def test_hook_register_test_types_rejects_duplicate_name() -> None:
     assert "'scale'" in str(raised.value)
 
 
+def test_hook_register_test_types_without_arguments() -> None:
+    class Quiet:
+        calls = 0
+
+        @hookimpl
+        def register_test_types(self) -> None:
+            Quiet.calls += 1
+
+    registry = build_registry(extra_plugins=[("quiet", Quiet())])
+
+    assert Quiet.calls == 1
+    assert "quiet" in [info.name for info in registry.plugin_infos()]
+
+
+def test_hook_register_test_types_error_names_plugin() -> None:
+    class Failing:
+        @hookimpl
+        def register_test_types(self, register: Callable[[Any], None]) -> None:
+            raise KeyError("missing-setting")
+
+    with pytest.raises(PluginError) as raised:
+        build_registry(extra_plugins=[("failing", Failing())])
+
+    message = str(raised.value)
+    assert "'failing'" in message
+    assert "register_test_types" in message
+    assert "KeyError" in message
+    assert "missing-setting" in message
+
+
 def test_hook_register_recruiters(tmp_path: Path, sqlite_url: str) -> None:
     recorder = Recorder()
     registry = build_registry(
