@@ -183,6 +183,15 @@ def test_submit_needs_every_stimulus(
     page.wait_for_selector(READY, timeout=30000)
     signals = signal_ids(page)
 
+    # Space on a focused stimulus button only toggles playback: the button
+    # must not also be clicked, which would start playback again.
+    page.focus("#mushra-select-ref")
+    page.keyboard.press(" ")
+    assert page.inner_text("#mushra-play") == "Stop"
+    page.keyboard.press(" ")
+    page.wait_for_timeout(200)
+    assert page.inner_text("#mushra-play") == "Play"
+
     assert submit_disabled(page)
     sliders_disabled = page.eval_on_selector_all(
         ".mushra-slider", "sliders => sliders.every(s => s.disabled)"
