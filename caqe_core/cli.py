@@ -47,8 +47,14 @@ class Context:
     session_factory: sessionmaker[Session]
 
     def study(self, name: str | None = None) -> Study:
-        """The study stored in the database (for results and recruiter commands)."""
+        """Load the study stored in the database (for results and recruiter commands).
+
+        Without ``name``, a config given with ``--config`` or ``CAQE_CONFIG``
+        picks the study by its ``experiment.name``; without either, the
+        database must hold exactly one study.
+        """
         ensure_schema(self.engine)
+        name = _experiment_name(name, self.registry)
         try:
             return load_study_from_database(self.session_factory, self.registry, name)
         except LookupError as error:
@@ -105,12 +111,50 @@ def config_option(function: Any) -> Any:
     )(function)
 
 
+CONFIG_META_KEY = "caqe.config_path"
+"""Where ``experiment_option`` keeps the ``--config`` path for ``Context.study``."""
+
+
+def _remember_config(context: click.Context, _parameter: Any, value: Path | None) -> None:
+    if value is not None:
+        context.meta[CONFIG_META_KEY] = value
+
+
 def experiment_option(function: Any) -> Any:
-    return click.option(
+    """Add ``--experiment NAME`` and ``--config FILE`` to pick the study in the database.
+
+    ``--config`` (env CAQE_CONFIG) is passed to ``Context.study`` through the
+    click context, so commands keep their single ``experiment`` argument.
+    """
+    function = click.option(
         "--experiment",
         default=None,
         help="Name of the study when the database holds several.",
     )(function)
+    return click.option(
+        "--config",
+        type=click.Path(dir_okay=False, path_type=Path),
+        envvar="CAQE_CONFIG",
+        default=None,
+        expose_value=False,
+        callback=_remember_config,
+        help="Study config (YAML) whose experiment.name picks the study [env CAQE_CONFIG].",
+    )(function)
+
+
+def _experiment_name(name: str | None, registry: Registry) -> str | None:
+    """Return ``name``, else the experiment name of the ``--config`` file, if any."""
+    context = click.get_current_context(silent=True)
+    path = context.meta.get(CONFIG_META_KEY) if context is not None else None
+    if path is None:
+        return name
+    from_config = load_study_config(path, registry).name
+    if name is not None and name != from_config:
+        raise click.UsageError(
+            f"--experiment {name} does not match experiment.name {from_config!r} of "
+            f"{path}. Give one of them."
+        )
+    return from_config
 
 
 def make_context(database_url: str | None) -> Context:
