@@ -123,8 +123,8 @@ class MTurkConfig(BaseModel):
     auto_approval_delay_seconds: int = Field(
         default=24 * 3600, ge=0, le=MAX_AUTO_APPROVAL_DELAY_SECONDS
     )
-    frame_height: int = Field(default=1200, ge=0, le=100_000)
-    """Height in pixels of MTurk's frame around the study; 0 lets MTurk choose."""
+    frame_height: int = Field(default=1200, ge=1, le=100_000)
+    """Height in pixels of the frame in which MTurk shows the study."""
 
     min_percent_assignments_approved: int | None = Field(default=97, ge=0, le=100)
     """None drops this qualification requirement."""

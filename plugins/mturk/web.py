@@ -401,15 +401,25 @@ class MTurkRecruiter(Recruiter):
             return False
         survey = _SURVEY_STEPS.get(step)
         if survey is not None:
-            return (
-                session.scalar(
-                    select(SurveyResponse.id).where(
+            answered = set(
+                session.scalars(
+                    select(SurveyResponse.participant_id).where(
                         SurveyResponse.participant_id.in_(earlier),
                         SurveyResponse.survey == survey,
                     )
-                )
-                is not None
+                ).all()
             )
+            # Answers that failed the survey's inclusion criteria are not reused.
+            failed = set(
+                session.scalars(
+                    select(ScreeningResult.participant_id).where(
+                        ScreeningResult.participant_id.in_(answered),
+                        ScreeningResult.step == step,
+                        ScreeningResult.passed.is_(False),
+                    )
+                ).all()
+            )
+            return bool(answered - failed)
         query = select(ScreeningResult.created_at).where(
             ScreeningResult.participant_id.in_(earlier),
             ScreeningResult.step == step,

@@ -523,6 +523,25 @@ def test_expired_screening_is_repeated(site: Site) -> None:
     assert site.step(page) == "screen"
 
 
+def test_failed_survey_answers_not_reused(site: Site) -> None:
+    site.complete("ASSIGNMENTONE")
+    with site.factory() as session, session.begin():
+        first = session.scalars(select(Participant)).one()
+        session.add(
+            ScreeningResult(
+                participant_id=first.id,
+                step="pre_survey",
+                attempt=1,
+                passed=False,
+                data={},
+            )
+        )
+
+    page = site.start("ASSIGNMENTTWO")
+
+    assert site.step(page) == "pre_survey"
+
+
 def test_other_worker_does_not_skip(site: Site) -> None:
     site.complete("ASSIGNMENTONE", "AWORKERONE")
 
