@@ -3,25 +3,37 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
+import logging
 import secrets
-import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
-from flask import Blueprint, abort, redirect, render_template, request, url_for
+from flask import Blueprint, redirect, render_template, request, url_for
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from caqe_core import CompletionPage, Recruiter, hookimpl
-from caqe_core.models import Participant, RecruitmentJob
+from caqe_core.models import Participant, RecruitmentJob, utcnow
 from caqe_core.web import current_study, db_session, participant_token, state
 
 __version__ = "0.1.0"
 
+logger = logging.getLogger(__name__)
+
 NAME = "local_lab"
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 """Letters and digits without look-alikes (0/O, 1/I)."""
+CODE_LENGTH = 8
+MAX_CODE_LENGTH = 32
+"""Longer input is rejected without a database query."""
+CLAIM_WAIT_SECONDS = 10.0
+"""How long a second request with the same code waits for the first one's
+participant before it takes over the claim."""
 
 
 class LocalLabConfig(BaseModel):
@@ -67,8 +79,9 @@ def _section() -> LocalLabConfig:
 @bp.get("/")
 def start() -> Any:
     study = current_study()
-    from caqe_core.markdown import render_markdown
     from markupsafe import Markup
+
+    from caqe_core.markdown import render_markdown
 
     return render_template(
         "caqe_local_lab/start.html",
@@ -85,11 +98,15 @@ def begin() -> Any:
     study = current_study()
     section = _section()
     code = (request.form.get("code") or "").strip().upper()
-    external_id = None
-    if section.require_code or code:
-        if not code:
-            return _start_error("Enter the code you were given.")
-        session = db_session()
+    if not section.require_code and not code:
+        participant = start_participant(state().session_factory, study, NAME)
+        return _to_participant(participant.public_id)
+    if not code:
+        return _start_error("Enter the code you were given.")
+
+    session = db_session()
+    job = None
+    if len(code) <= MAX_CODE_LENGTH:
         job = session.scalar(
             select(RecruitmentJob).where(
                 RecruitmentJob.experiment_id == study.experiment_id,
@@ -97,33 +114,102 @@ def begin() -> Any:
                 RecruitmentJob.request_token == code,
             )
         )
-        if job is None:
-            return _start_error(
-                f"The code {code} is not valid. Check it and try again."
-            )
-        existing = session.scalar(
-            select(Participant).where(
-                Participant.experiment_id == study.experiment_id,
-                Participant.external_id == code,
-            )
+    if job is None:
+        return _start_error(
+            f"The code {code[:MAX_CODE_LENGTH]} is not valid. Check it and try again."
         )
-        if existing is not None:
-            # The same code continues the same session, so a closed tab is not lost.
-            return redirect(
-                url_for("participant.page", token=participant_token(existing.public_id))
-            )
-        external_id = code
+
+    # The same code continues the same session, so a closed tab is not lost.
+    public_id = _participant_of_code(session, code)
+    if public_id is None and _claim_code(session, job.id):
+        participant = start_participant(
+            state().session_factory, study, NAME, external_id=code
+        )
+        session.execute(
+            update(RecruitmentJob)
+            .where(RecruitmentJob.id == job.id)
+            .values(status="used", data={"participant": participant.public_id})
+        )
+        session.commit()
+        public_id = participant.public_id
+    if public_id is None:
+        public_id = _wait_for_participant(session, code, job.id)
+    if public_id is None:
+        logger.warning("Code %s is claimed but no participant appeared", code)
+        return _start_error(
+            "A session with this code is starting right now. Reload the page in a "
+            "moment.",
+            409,
+        )
+    return _to_participant(public_id)
+
+
+def _to_participant(public_id: str) -> Any:
+    return redirect(url_for("participant.page", token=participant_token(public_id)))
+
+
+def _participant_of_code(session: Session, code: str) -> str | None:
+    """Return the public id of the first participant who started with ``code``."""
+    # End the read transaction, so that rows committed since are visible.
+    session.commit()
+    return session.scalar(
+        select(Participant.public_id)
+        .where(
+            Participant.experiment_id == current_study().experiment_id,
+            Participant.external_id == code,
+        )
+        .order_by(Participant.id)
+        .limit(1)
+    )
+
+
+def _claim_code(session: Session, job_id: int, stale_before: Any = None) -> bool:
+    """Mark the code's job as claimed; return False if another request did first.
+
+    Two requests with one code (a double-click on Start, two lab computers)
+    would otherwise both find no participant and both start one. With
+    ``stale_before``, a claim older than that time is taken over, so a
+    request that died between claiming and starting does not block the code.
+    """
+    condition = (
+        RecruitmentJob.status == "issued"
+        if stale_before is None
+        else (RecruitmentJob.status == "claimed")
+        & (RecruitmentJob.updated_at < stale_before)
+    )
+    result = session.execute(
+        update(RecruitmentJob)
+        .where(RecruitmentJob.id == job_id, condition)
+        .values(status="claimed", updated_at=utcnow())
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def _wait_for_participant(session: Session, code: str, job_id: int) -> str | None:
+    """Wait for the request that claimed ``code`` to start its participant."""
+    from caqe_core.flow import start_participant
+
+    deadline = time.monotonic() + CLAIM_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        public_id = _participant_of_code(session, code)
+        if public_id is not None:
+            return public_id
+    stale_before = utcnow() - dt.timedelta(seconds=CLAIM_WAIT_SECONDS)
+    if not _claim_code(session, job_id, stale_before):
+        return _participant_of_code(session, code)
+    logger.warning("Took over the stale claim of code %s", code)
     participant = start_participant(
-        state().session_factory, study, NAME, external_id=external_id
+        state().session_factory, current_study(), NAME, external_id=code
     )
-    return redirect(
-        url_for("participant.page", token=participant_token(participant.public_id))
-    )
+    return participant.public_id
 
 
-def _start_error(message: str) -> Any:
-    from caqe_core.markdown import render_markdown
+def _start_error(message: str, status: int = 422) -> Any:
     from markupsafe import Markup
+
+    from caqe_core.markdown import render_markdown
 
     html = render_template(
         "caqe_local_lab/start.html",
@@ -133,7 +219,7 @@ def _start_error(message: str) -> Any:
         ),
         error=message,
     )
-    return html, 422
+    return html, status
 
 
 @hookimpl
@@ -146,10 +232,42 @@ def register_routes(app: Any) -> None:
     app.register_blueprint(bp)
 
 
-def generate_codes(count: int) -> list[str]:
-    return [
-        "".join(secrets.choice(CODE_ALPHABET) for _ in range(8)) for _ in range(count)
-    ]
+def generate_codes(
+    count: int, taken: Callable[[set[str]], set[str]] | None = None
+) -> list[str]:
+    """Return ``count`` distinct random codes; ``taken`` returns those already in use.
+
+    At 100,000 codes of 8 characters from 32, a repeat within one batch is
+    about 0.5 % likely (the birthday bound), so repeats are drawn again.
+    """
+    codes: set[str] = set()
+    while len(codes) < count:
+        fresh = {
+            "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+            for _ in range(count - len(codes))
+        }
+        fresh -= codes
+        if taken is not None:
+            fresh -= taken(fresh)
+        codes |= fresh
+    return list(codes)
+
+
+def _codes_in_use(session: Session) -> Callable[[set[str]], set[str]]:
+    def taken(codes: set[str]) -> set[str]:
+        found: set[str] = set()
+        batch = sorted(codes)
+        for start in range(0, len(batch), 500):
+            found.update(
+                session.scalars(
+                    select(RecruitmentJob.request_token).where(
+                        RecruitmentJob.request_token.in_(batch[start : start + 500])
+                    )
+                )
+            )
+        return found
+
+    return taken
 
 
 @hookimpl
@@ -179,8 +297,8 @@ def register_commands(cli: click.Group) -> None:
         """Create COUNT participant codes for the study and print them."""
         context = make_context(database_url)
         study = context.study(experiment)
-        new_codes = generate_codes(count)
         with context.session_factory() as session, session.begin():
+            new_codes = generate_codes(count, _codes_in_use(session))
             for code in new_codes:
                 session.add(
                     RecruitmentJob(

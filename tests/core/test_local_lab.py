@@ -1,0 +1,305 @@
+"""The local_lab recruiter: anonymous start, participant codes and kiosk mode."""
+
+from __future__ import annotations
+
+import csv
+import re
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from caqe_local_lab import CODE_ALPHABET, generate_codes
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from caqe_core.cli import build_cli
+from caqe_core.config import load_config
+from caqe_core.models import Participant, RecruitmentJob
+from caqe_core.plugins import Registry, set_registry
+from caqe_core.study import prepare_study
+from tests.support.server import ServedStudy, build_study
+from tests.support.studies import scale_study
+
+
+@pytest.fixture
+def serve_lab(
+    tmp_path: Path, sqlite_url: str, registry: Registry
+) -> Iterator[Callable[..., ServedStudy]]:
+    """Serve a 'scale' study with the given local_lab section."""
+    started: list[ServedStudy] = []
+
+    def serve(**section: Any) -> ServedStudy:
+        config = scale_study(tmp_path / "study", local_lab=section)
+        served = build_study(config, sqlite_url, registry, tmp_path / "data")
+        served.start()
+        started.append(served)
+        return served
+
+    set_registry(registry)
+    try:
+        yield serve
+    finally:
+        for served in started:
+            served.stop()
+        set_registry(None)
+
+
+def issue_codes(served: ServedStudy, count: int, *options: str) -> list[str]:
+    url = str(served.session_factory.kw["bind"].url)
+    result = CliRunner().invoke(
+        build_cli(), ["lab", "codes", str(count), "--database-url", url, *options]
+    )
+    assert result.exit_code == 0, result.output
+    return [line for line in result.stdout.splitlines() if line]
+
+
+def participants(served: ServedStudy) -> list[Participant]:
+    with served.session_factory() as session:
+        return list(session.scalars(select(Participant).order_by(Participant.id)))
+
+
+def test_anonymous_start(serve_lab: Callable[..., ServedStudy]) -> None:
+    served = serve_lab()
+    http = requests.Session()
+
+    landing = http.get(f"{served.url}/")
+    begun = http.post(f"{served.url}/lab/", allow_redirects=False)
+    first_page = http.get(served.url + begun.headers["Location"])
+
+    assert landing.status_code == 200
+    assert landing.url.endswith("/lab/")
+    assert 'id="start"' in landing.text
+    assert 'name="code"' not in landing.text
+    assert begun.status_code == 302
+    assert begun.headers["Location"].startswith("/p/")
+    assert 'name="agree"' in first_page.text
+    rows = participants(served)
+    assert len(rows) == 1
+    assert rows[0].external_id is None
+    assert rows[0].recruiter == "local_lab"
+
+
+def test_anonymous_starts_are_separate(serve_lab: Callable[..., ServedStudy]) -> None:
+    served = serve_lab()
+
+    locations = {
+        requests.post(f"{served.url}/lab/", allow_redirects=False).headers["Location"]
+        for _ in range(3)
+    }
+
+    assert len(locations) == 3
+    assert [row.sequence for row in participants(served)] == [0, 1, 2]
+
+
+def test_codes_printed(serve_lab: Callable[..., ServedStudy]) -> None:
+    served = serve_lab(require_code=True)
+
+    codes = issue_codes(served, 25)
+
+    assert len(codes) == 25
+    assert len(set(codes)) == 25
+    for code in codes:
+        assert re.fullmatch(f"[{CODE_ALPHABET}]{{8}}", code), code
+    with served.session_factory() as session:
+        stored = set(session.scalars(select(RecruitmentJob.request_token)))
+    assert stored == set(codes)
+
+
+def test_codes_written_to_csv(
+    serve_lab: Callable[..., ServedStudy], tmp_path: Path
+) -> None:
+    served = serve_lab(require_code=True)
+    target = tmp_path / "codes.csv"
+
+    printed = issue_codes(served, 7, "--csv", str(target))
+
+    assert printed == [f"Wrote 7 codes for scale-study to {target}."]
+    with target.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 7
+    assert {row["experiment"] for row in rows} == {"scale-study"}
+    with served.session_factory() as session:
+        stored = set(session.scalars(select(RecruitmentJob.request_token)))
+    assert stored == {row["code"] for row in rows}
+
+
+def test_codes_unique_across_batches(serve_lab: Callable[..., ServedStudy]) -> None:
+    served = serve_lab(require_code=True)
+
+    first = issue_codes(served, 40)
+    second = issue_codes(served, 40)
+
+    assert len(set(first) | set(second)) == 80
+
+
+def test_generate_codes_unique() -> None:
+    codes = generate_codes(5000)
+
+    assert len(codes) == 5000
+    assert len(set(codes)) == 5000
+
+
+def test_generate_codes_skips_taken() -> None:
+    rejected: set[str] = set()
+
+    def taken(codes: set[str]) -> set[str]:
+        if not rejected:
+            rejected.update(sorted(codes)[:5])
+            return set(rejected)
+        return set()
+
+    codes = generate_codes(20, taken)
+
+    assert len(set(codes)) == 20
+    assert len(rejected) == 5
+    assert not rejected & set(codes)
+
+
+@pytest.mark.parametrize("code", ["", "WRONG123", "' OR 1=1 --", "x" * 500])
+def test_require_code_rejects_bad_code(
+    serve_lab: Callable[..., ServedStudy], code: str
+) -> None:
+    served = serve_lab(require_code=True)
+    issue_codes(served, 3)
+
+    answer = requests.post(
+        f"{served.url}/lab/", data={"code": code}, allow_redirects=False
+    )
+
+    assert answer.status_code == 422
+    assert 'role="alert"' in answer.text
+    assert participants(served) == []
+
+
+def test_require_code_page_asks_for_code(serve_lab: Callable[..., ServedStudy]) -> None:
+    served = serve_lab(require_code=True)
+
+    page = requests.get(f"{served.url}/lab/")
+
+    assert 'name="code"' in page.text
+
+
+def test_require_code_accepts_good_code(serve_lab: Callable[..., ServedStudy]) -> None:
+    served = serve_lab(require_code=True)
+    code = issue_codes(served, 2)[0]
+
+    answer = requests.post(
+        f"{served.url}/lab/", data={"code": code}, allow_redirects=False
+    )
+
+    assert answer.status_code == 302
+    assert answer.headers["Location"].startswith("/p/")
+    rows = participants(served)
+    assert [row.external_id for row in rows] == [code]
+
+
+def test_same_code_resumes_session(serve_lab: Callable[..., ServedStudy]) -> None:
+    served = serve_lab(require_code=True)
+    code = issue_codes(served, 1)[0]
+
+    first = requests.post(
+        f"{served.url}/lab/", data={"code": code}, allow_redirects=False
+    )
+    again = requests.post(
+        f"{served.url}/lab/", data={"code": f"  {code.lower()} "}, allow_redirects=False
+    )
+
+    assert first.headers["Location"] == again.headers["Location"]
+    assert len(participants(served)) == 1
+
+
+def test_concurrent_starts_with_one_code(serve_lab: Callable[..., ServedStudy]) -> None:
+    served = serve_lab(require_code=True)
+    code = issue_codes(served, 1)[0]
+    barrier = threading.Barrier(6)
+    locations: list[str] = []
+
+    def start() -> None:
+        barrier.wait()
+        answer = requests.post(
+            f"{served.url}/lab/", data={"code": code}, allow_redirects=False
+        )
+        locations.append(answer.headers.get("Location", str(answer.status_code)))
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert len(locations) == 6
+    assert len(set(locations)) == 1, locations
+    assert len(participants(served)) == 1
+
+
+def test_code_of_other_study_rejected(
+    serve_lab: Callable[..., ServedStudy], tmp_path: Path, registry: Registry
+) -> None:
+    served = serve_lab(require_code=True)
+    other = scale_study(
+        tmp_path / "other", experiment={"name": "other-study", "title": "Other"}
+    )
+    prepare_study(
+        load_config(other, registry),
+        registry,
+        served.session_factory,
+        tmp_path / "other",
+    )
+    code = issue_codes(served, 1, "--experiment", "other-study")[0]
+
+    answer = requests.post(
+        f"{served.url}/lab/", data={"code": code}, allow_redirects=False
+    )
+
+    assert answer.status_code == 422
+    assert participants(served) == []
+
+
+def test_kiosk_completion_returns_to_start(
+    serve_lab: Callable[..., ServedStudy],
+) -> None:
+    served = serve_lab(kiosk=True, kiosk_delay_seconds=7)
+    http = requests.Session()
+    page_url = (
+        served.url
+        + http.post(f"{served.url}/lab/", allow_redirects=False).headers["Location"]
+    )
+    consent = http.get(page_url).text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', consent).group(1)
+
+    done = http.post(
+        page_url + "step/consent", data={"csrf_token": csrf, "decline": "yes"}
+    )
+
+    assert done.status_code == 200
+    refresh = re.search(
+        r'<meta http-equiv="refresh" content="(\d+);url=([^"]+)">', done.text
+    )
+    assert refresh, done.text
+    assert refresh.group(1) == "7"
+    assert refresh.group(2) == "/lab/"
+    assert 'href="/lab/"' in done.text
+    assert http.get(served.url + refresh.group(2)).status_code == 200
+
+
+def test_completion_without_kiosk_stays(serve_lab: Callable[..., ServedStudy]) -> None:
+    served = serve_lab()
+    http = requests.Session()
+    page_url = (
+        served.url
+        + http.post(f"{served.url}/lab/", allow_redirects=False).headers["Location"]
+    )
+    consent = http.get(page_url).text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', consent).group(1)
+
+    done = http.post(
+        page_url + "step/consent", data={"csrf_token": csrf, "decline": "yes"}
+    )
+
+    assert 'http-equiv="refresh"' not in done.text
+    assert "This session has ended" in done.text
+    with served.session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(Participant)) == 1
