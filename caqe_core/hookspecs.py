@@ -87,7 +87,8 @@ def trial_stored(trial: Any, participant: Any, experiment: Any, session: Any) ->
 
     Called once per accepted response, after its transaction committed, and
     never for a replayed submission. ``trial`` is the stored
-    ``caqe_core.models.Trial``. Return nothing.
+    ``caqe_core.models.Trial``; the caller commits ``session`` afterwards.
+    Return nothing.
     """
 
 
@@ -96,8 +97,9 @@ def participant_finished(participant: Any, experiment: Any, session: Any) -> Non
     """React to a participant who reached the completion step.
 
     Called once per participant, after the status change committed.
-    ``participant.status`` tells whether they completed the study or were
-    screened out. Return nothing.
+    ``participant.status`` is ``completed``, ``screened_out`` or ``no_work``
+    (the study was full when they reached the trials); the caller commits
+    ``session`` afterwards. Return nothing.
     """
 
 
@@ -117,9 +119,10 @@ def report_sections(study: Any, data: Any) -> list[Any] | None:
 def participant_consistency(study: Any, session: Any) -> dict[int, float] | None:
     """Return each participant's response consistency in [0, 1].
 
-    Called by recruiters that pay a consistency bonus, through
-    ``caqe_core.services.participant_consistency``. ``study`` is the
-    ``caqe_core.study.Study`` and ``session`` an open SQLAlchemy session.
-    Return a dict from participant id to consistency, or None when the
-    plugin does not score this study's test type.
+    Called by recruiters that pay a consistency bonus, such as ``caqe mturk
+    give-pairwise-consistency-bonus``, which merges the results of every
+    implementation.
+    ``study`` is the ``caqe_core.study.Study`` and ``session`` an open
+    SQLAlchemy session. Return a dict from participant id to consistency,
+    or None when the plugin does not score this study's test type.
     """

@@ -1,9 +1,10 @@
 """Every hook of caqe_core.hookspecs, through the code that calls it.
 
 ``Recorder`` is an inline plugin that implements every hook and records
-each call. The lifecycle test runs one participant from arrival to the
-analysis report and asserts the order of the calls. Each hook also has its
-own ``test_hook_<name>``, which tests/core/test_meta.py requires.
+each call. The lifecycle test takes one participant from arrival to the
+analysis report and the consistency scores of a bonus, and asserts the
+order of the calls. Each hook also has its own ``test_hook_<name>``, which
+tests/core/test_meta.py requires.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import click
 import pytest
 import requests
+from caqe_mturk.commands import collect_consistency
 from click.testing import CliRunner
 from flask import Blueprint
 from pydantic import BaseModel, ConfigDict
@@ -239,7 +241,7 @@ class Recorder:
 
 
 def _stored_elsewhere(session: Session, model: type, row_id: int) -> bool:
-    """Return True if another connection sees the row, so it was committed."""
+    """Return True if another connection finds the row, which proves it was committed."""
     with Session(bind=session.get_bind()) as other:
         return other.get(model, row_id) is not None
 
@@ -359,9 +361,7 @@ def test_lifecycle_calls_every_hook_in_order(
         cli, ["analyze", "--database-url", recorded.database_url, "--out", str(report)]
     )
     with recorded.served.session_factory() as session:
-        scores = recorded.registry.hook.participant_consistency(
-            study=recorded.served.study, session=session
-        )
+        scores = collect_consistency(recorded.served.study, session)
 
     assert screened.status_code == 200
     assert final.status_code == 200
@@ -373,7 +373,7 @@ def test_lifecycle_calls_every_hook_in_order(
     assert all(call["stored"] for call in recorder.of("trial_stored"))
     assert recorder.of("participant_finished")[0]["status"] == "completed"
     assert "recorder-section-marker" in report.read_text()
-    assert {1: 1.0} in scores
+    assert scores == {1: 1.0}
 
 
 def test_hook_register_test_types(recorded: Recorded) -> None:
@@ -659,9 +659,11 @@ def test_hook_participant_consistency(recorded: Recorded) -> None:
         results = recorded.registry.hook.participant_consistency(
             study=recorded.served.study, session=session
         )
+        merged = collect_consistency(recorded.served.study, session)
 
-    ours = [result for result in results if result is not None]
-    assert ours == [{1: 1.0, 2: 1.0}]
-    assert recorded.recorder.of("participant_consistency") == [
-        {"study": "scale-study", "participants": 2}
-    ]
+    assert [result for result in results if result is not None] == [{1: 1.0, 2: 1.0}]
+    assert merged == {1: 1.0, 2: 1.0}
+    assert (
+        recorded.recorder.of("participant_consistency")
+        == [{"study": "scale-study", "participants": 2}] * 2
+    )
