@@ -1,9 +1,9 @@
 """Recruitment on Amazon Mechanical Turk: HITs, the worker's pages and payments.
 
-``caqe mturk`` posts ExternalQuestion HITs that open the study, approves
-assignments and pays bonuses through a ledger that pays each worker once;
-the ``mturk`` recruiter admits workers from MTurk's frame and sends them back
-with MTurk's externalSubmit form. docs/mturk.md walks through a study.
+``caqe mturk`` posts ExternalQuestion HITs that open the study. It approves
+assignments and pays bonuses through a ledger that pays each worker once.
+The ``mturk`` recruiter admits workers from MTurk's frame and sends them
+back with MTurk's externalSubmit form. docs/mturk.md walks through a study.
 """
 
 from __future__ import annotations

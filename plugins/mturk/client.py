@@ -33,8 +33,8 @@ PRODUCTION_SUBMIT_ORIGIN = "https://www.mturk.com"
 
 ENDPOINT_ENV = "CAQE_MTURK_ENDPOINT_URL"
 HOST_ENV = "MTURK_HOST"
-"""CAQE's switch between sandbox and production; the boto 2 host names that
-the original CAQE used are accepted as well as boto3's."""
+"""CAQE's switch between sandbox and production. It accepts the boto 2 host
+names that the original CAQE used as well as boto3's."""
 PRODUCTION_HOSTS = frozenset(
     {"mechanicalturk.amazonaws.com", "mturk-requester.us-east-1.amazonaws.com"}
 )
@@ -88,7 +88,7 @@ class MTurkSetupError(ValueError):
 
 @dataclass(frozen=True)
 class Target:
-    """Which MTurk to talk to: sandbox or production, and at which endpoint."""
+    """An MTurk environment (sandbox or production) and its endpoint URL."""
 
     production: bool
     endpoint_url: str
@@ -161,13 +161,13 @@ def resolve_target(
     parts = urlsplit(endpoint_url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise MTurkSetupError(
-            f"Endpoint URL {endpoint_url!r} is not an http(s) URL; give one such as "
+            f"Endpoint URL {endpoint_url!r} is not an http(s) URL. Give one such as "
             f"{SANDBOX_ENDPOINT}."
         )
     if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         raise MTurkSetupError(
             f"Endpoint URL {endpoint_url!r} uses plain http, which would send signed "
-            "requests unencrypted; use https (http is allowed for loopback "
+            "requests unencrypted. Use https (http is allowed for loopback "
             "addresses only)."
         )
     if parts.hostname in PRODUCTION_HOSTS and not production:
@@ -363,7 +363,7 @@ def create_hit_request(
 def mturk_fee(amount: Decimal, assignments_per_hit: int | None = None) -> Decimal:
     """Estimate MTurk's fee on a reward (with its HIT size) or a bonus (None).
 
-    NOTE: MTurk does not document how it rounds fees; this rounds half up to
+    NOTE: MTurk does not document how it rounds fees. This rounds half up to
     the cent, so a total may differ from the bill by a cent per payment.
     """
     rate = BASE_FEE_RATE

@@ -75,6 +75,12 @@ whose per-client retry quota a long burst of throttling can use up."""
 THROTTLE_BACKOFF_BASE_SECONDS = 0.5
 THROTTLE_BACKOFF_MAX_SECONDS = 20.0
 SUBMITTED_STATUSES = frozenset({"Submitted", "Approved"})
+DEFAULT_CONCURRENCY = 8
+"""CreateHIT requests in flight at once.
+
+NOTE: MTurk does not publish its rate limits. 8 is a guess that stays well
+below the throttling that bench/bench_create_hits.py simulates.
+"""
 
 
 @dataclass(frozen=True)
@@ -119,13 +125,13 @@ class MTurkStudy:
             )
             .order_by(RecruitmentJob.id)
         ).all()
-        wanted = set(statuses) if statuses is not None else None
+        allowed = set(statuses) if statuses is not None else None
         return [
             row
             for row in rows
             if (row.data or {}).get("kind") == HIT_KIND
             and row.data.get("target") == self.target.key
-            and (wanted is None or row.status in wanted)
+            and (allowed is None or row.status in allowed)
         ]
 
 
@@ -177,8 +183,8 @@ def _fail(message: str, error: BaseException) -> click.ClickException:
 @click.option(
     "--profile",
     default=None,
-    help="AWS profile from the shared credentials file; default: boto3's chain "
-    "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, then the default profile).",
+    help="AWS profile from the shared credentials file [default: boto3's chain "
+    "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, then the default profile)].",
 )
 @click.option(
     "--max-attempts",
@@ -229,7 +235,7 @@ def _confirm_production(mturk: MTurkStudy, question: str, yes: bool) -> None:
 @click.option(
     "--concurrency",
     type=click.IntRange(1, 64),
-    default=8,
+    default=DEFAULT_CONCURRENCY,
     show_default=True,
     help="HITs created at the same time.",
 )
@@ -414,7 +420,7 @@ class HitResult:
 
 @dataclass
 class PostSummary:
-    """What a run of create-hits achieved."""
+    """Outcome of one create-hits run."""
 
     created: list[dict[str, Any]]
     failed: list[tuple[str, str]]
@@ -428,7 +434,10 @@ def post_hit(
     request: dict[str, Any],
     sleep: Callable[[float], None] = time.sleep,
 ) -> HitResult:
-    """Send one CreateHIT, backing off when MTurk throttles; never raises."""
+    """Send one CreateHIT, backing off while MTurk throttles.
+
+    MTurk's errors and connection errors are returned in the result, not raised.
+    """
     token = request["UniqueRequestToken"]
     for attempt in range(THROTTLE_RETRIES + 1):
         try:
@@ -458,7 +467,7 @@ def post_hits(
 ) -> PostSummary:
     """Create the HITs of ``requests`` (already recorded as pending rows).
 
-    Requests run ``concurrency`` at a time; only this thread writes to the
+    Requests run ``concurrency`` at a time, and only this thread writes to the
     database, one commit per HIT. With ``reconcile_first``, HITs that MTurk
     already has (found by their RequesterAnnotation) are recorded without a
     new request, which matters once the 24-hour token window has passed.
@@ -650,7 +659,7 @@ def ensure_exclusion_qualification(mturk: MTurkStudy, client: Any) -> str | None
     except (botocore.exceptions.ClientError, *UNCERTAIN_ERROR_TYPES) as error:
         # NOTE: CreateQualificationType has no idempotency token. If an earlier
         # run created the type but stopped before recording it, MTurk rejects
-        # the name; the researcher then sets exclusion_qualification_id.
+        # the name, and the researcher has to set exclusion_qualification_id.
         raise click.ClickException(
             f"Could not create the qualification type {name!r} that excludes workers "
             f"who took part: {describe_error(error)}. If it already exists in your "
@@ -722,7 +731,7 @@ def grant_exclusions(mturk: MTurkStudy, client: Any, dry_run: bool) -> list[str]
             granted_by_type = dict(stored.data.get("granted", {}))
             granted_by_type[type_id] = [*granted_by_type.get(type_id, []), worker]
             stored.data = {**stored.data, "granted": granted_by_type}
-        logger.info("Worker %s now holds exclusion qualification %s", worker, type_id)
+        logger.info("Gave worker %s the exclusion qualification %s", worker, type_id)
     if due and not dry_run:
         click.echo(f"Excluded {len(due) - len(problems)} worker(s) from further HITs.")
     return problems
@@ -769,8 +778,8 @@ def dispose_all_hits_command(
     """Delete this study's finished HITs from MTurk.
 
     MTurk deletes only HITs that are Reviewable (expired or full) and whose
-    submitted assignments were all approved or rejected; the others are listed
-    with what to do first.
+    submitted assignments were all approved or rejected. The command lists
+    the other HITs with what to do first.
     """
     mturk = open_mturk_study(options, database_url, experiment)
     with mturk.context.session_factory() as session:
@@ -793,18 +802,21 @@ def dispose_all_hits_command(
 
 
 def _dispose(client: Any, hit_id: str) -> str | None:
-    """Delete one HIT if MTurk allows it; return why not otherwise."""
+    """Delete one HIT if MTurk allows it, or return the reason it cannot."""
     try:
         hit = client.get_hit(HITId=hit_id)["HIT"]
         status = hit["HITStatus"]
         if status == "Disposed":
             return None
         if status == "Assignable":
-            return "it is still Assignable; expire it first with 'caqe mturk expire-all-hits'"
+            return (
+                "it is still Assignable. Expire it first with "
+                "'caqe mturk expire-all-hits'"
+            )
         if status == "Unassignable":
             return (
                 f"{hit.get('NumberOfAssignmentsPending', 0)} worker(s) are still working "
-                "on it; wait until they submit or their time runs out"
+                "on it. Wait until they submit or their time runs out"
             )
         undecided = [
             assignment
@@ -813,7 +825,7 @@ def _dispose(client: Any, hit_id: str) -> str | None:
         ]
         if undecided:
             return (
-                f"{len(undecided)} submitted assignment(s) are not approved yet; run "
+                f"{len(undecided)} submitted assignment(s) are not approved yet. Run "
                 "'caqe mturk approve-all-hits' first"
             )
         client.delete_hit(HITId=hit_id)
@@ -1010,7 +1022,7 @@ def _run_payments(
         [Callable[[ledger.PaymentOutcome], None]], list[ledger.PaymentOutcome]
     ],
 ) -> list[ledger.PaymentOutcome]:
-    """Run a ledger operation; on an interruption report what was done and exit."""
+    """Run a ledger operation. On an interruption, report what was done and exit."""
     done: list[ledger.PaymentOutcome] = []
     try:
         return run(done.append)
@@ -1161,7 +1173,7 @@ def give_consistency_bonus_command(
     database_url: str | None,
     experiment: str | None,
 ) -> None:
-    """Pay a bonus for each assignment whose answers were consistent.
+    """Pay a bonus for each assignment whose responses were consistent.
 
     The bonus is MAX x (c - T) / (1 - T) for a consistency c above the
     threshold T, rounded half up to the cent. Consistency comes from the

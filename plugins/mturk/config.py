@@ -1,10 +1,11 @@
 """The ``mturk`` config section: HIT settings, qualifications, rewards and bonuses.
 
 The defaults are those of the original CAQE (``BaseConfig`` in its
-``configuration.py``): a $0.50 reward, a $0.30 bonus for a worker's first
-assignment, up to $0.25 for pairwise consistency above 0.7, workers with at
-least 1000 approved HITs and 97 % approved assignments, 30 minutes per
-assignment, a lifetime of one week and auto-approval after one day.
+``configuration.py``). The reward is $0.50, a worker's first assignment earns
+a $0.30 bonus, and pairwise consistency above 0.7 earns up to $0.25. Workers
+need at least 1000 approved HITs and 97 % approved assignments. An
+assignment lasts 30 minutes, a HIT one week, and MTurk approves submitted
+work after one day.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def normalize_origin(value: str) -> str:
         raise ValueError(f"{value!r} must not contain a user name or password")
     if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         raise ValueError(
-            f"{value!r} uses plain http; only loopback addresses may, use https"
+            f"{value!r} uses plain http, which only loopback addresses may use. Use https"
         )
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
     port = f":{parts.port}" if parts.port is not None else ""
@@ -117,7 +118,7 @@ class MTurkConfig(BaseModel):
     reward: Decimal = Decimal("0.50")
     """US dollars paid for each approved assignment."""
     max_assignments: int = Field(default=200, ge=1, le=1_000_000)
-    """Assignments per HIT; MTurk charges a 40 % fee from 10 assignments on."""
+    """Assignments per HIT. From 10 assignments on, MTurk's fee is 40 %, not 20 %."""
     assignment_duration_seconds: int = Field(default=30 * 60, ge=30, le=MAX_SECONDS)
     lifetime_seconds: int = Field(default=7 * 24 * 3600, ge=30, le=MAX_SECONDS)
     auto_approval_delay_seconds: int = Field(
@@ -139,7 +140,7 @@ class MTurkConfig(BaseModel):
     """Use this existing qualification type instead of creating one, for
     example to exclude the workers of an earlier study as well."""
     max_assignments_per_worker: int = Field(default=1, ge=1, le=10_000)
-    """Sessions a worker may complete; at this count a worker is excluded."""
+    """Sessions a worker may complete before the study excludes them."""
     screening_validity_hours: float = Field(default=24, gt=0, le=24 * 365)
     """How long a passed screening step counts for a returning worker, and how
     long a worker who was screened out must wait before trying again."""
@@ -156,7 +157,7 @@ class MTurkConfig(BaseModel):
         default=DEFAULT_CONSISTENCY_BONUS_REASON, min_length=1
     )
     approval_feedback: str = Field(default="Thank you!", max_length=1024)
-    """RequesterFeedback sent with each approval; empty sends none."""
+    """RequesterFeedback sent with each approval, or none when empty."""
 
     allowed_submit_origins: list[str] = Field(default_factory=list)
     """Extra ``turkSubmitTo`` origins besides MTurk's own, for tests with a

@@ -47,7 +47,7 @@ FAILED = "failed"
 
 
 class PaymentInterrupted(RuntimeError):
-    """MTurk's answer to a payment is unknown; the row stays pending for a rerun."""
+    """MTurk did not respond to a payment, so its row stays pending for a rerun."""
 
     def __init__(self, purpose: str, error: BaseException) -> None:
         super().__init__(
@@ -74,7 +74,7 @@ class PlannedPayment:
 
 @dataclass(frozen=True)
 class PaymentOutcome:
-    """What happened to one planned payment."""
+    """The result of one planned payment."""
 
     purpose: str
     worker_id: str
@@ -214,7 +214,7 @@ def pay_bonuses(
 ) -> list[PaymentOutcome]:
     """Pay each planned bonus once; return what happened to each.
 
-    Raises PaymentInterrupted when MTurk's answer to a SendBonus is unknown
+    Raises PaymentInterrupted when MTurk's response to a SendBonus is lost
     (a dropped connection, or errors that outlasted the retries). The
     outcomes so far are passed to ``on_outcome`` as they happen.
     """

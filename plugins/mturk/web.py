@@ -115,7 +115,7 @@ def external_submit_url(turk_submit_to: str, section: MTurkConfig) -> str | None
 
 @bp.get("/")
 def entry() -> Any:
-    """The ExternalQuestion page: a preview, or the start of an accepted assignment."""
+    """Show the HIT preview, or start or resume the session of an accepted assignment."""
     study = current_study()
     if study.config.core.recruiter != NAME:
         abort(404, "This study does not recruit on Mechanical Turk.")

@@ -575,7 +575,7 @@ def test_dispose_reports_what_blocks(harness: Harness) -> None:
 
     still_open = harness.run("dispose-all-hits")
     assert still_open.exit_code == 1
-    assert "expire it first" in still_open.output
+    assert "Expire it first" in still_open.output
 
     assert harness.run("expire-all-hits").exit_code == 0
     blocked = harness.run("dispose-all-hits")

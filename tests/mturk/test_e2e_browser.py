@@ -396,7 +396,7 @@ def test_mturk_study_end_to_end(
     first_bonus = study.run("give-first-trial-bonus")
     assert first_bonus.exit_code == 0, first_bonus.output
 
-    # The consistency bonus loses MTurk's answer to its first SendBonus.
+    # MTurk acts on the consistency bonus's first SendBonus, but the response is lost.
     by_assignment = {row.external_data["assignmentId"]: row.id for row in participants}
     study.consistency.scores = {
         by_assignment[one_first]: 1.0,
@@ -450,7 +450,7 @@ def test_mturk_study_end_to_end(
     assert {row.status for row in ledger} == {"paid"}
     assert sum(row.amount for row in ledger) == Decimal("2.48")
 
-    # The worker at the session limit now holds the exclusion qualification.
+    # The worker at the session limit now has the exclusion qualification.
     with study.served.session_factory() as session:
         qualification = next(
             row
