@@ -1055,13 +1055,11 @@ def _report_payments(
                 f"  {counts[result]} {noun} {label}: ${format_money(sums[result])}"
             )
     for outcome in outcomes:
-        if (
-            outcome.result == "failed"
-            or outcome.message
-            and outcome.result != "recorded"
-        ):
+        noteworthy = bool(outcome.message) and outcome.result != "recorded"
+        if outcome.result == "failed" or noteworthy:
             click.echo(
-                f"  {outcome.purpose} ({outcome.worker_id}): {outcome.result}, {outcome.message}"
+                f"  {outcome.purpose} ({outcome.worker_id}): {outcome.result}, "
+                f"{outcome.message}"
             )
     if dry_run:
         click.echo("Dry run: nothing was written or paid.")
