@@ -78,6 +78,9 @@ bp = Blueprint("mturk", __name__, url_prefix="/mturk", template_folder="template
 
 # Serialises the check "has this assignment a participant?" with the creation
 # of one, so a double load of the entry page starts one participant.
+# NOTE: the lock works within one process. With several gunicorn workers, two
+# first loads of one assignment at the same instant can still start two
+# participants, because the database has no unique key on the assignment.
 _entry_lock = threading.Lock()
 
 
