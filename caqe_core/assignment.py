@@ -59,14 +59,38 @@ def expire_reservations(session: Session, experiment_id: int, now: dt.datetime) 
     ).all()
     if not overdue:
         return 0
-    session.execute(
+    # A trial response does not take the experiment lock, so it may complete
+    # a reservation between the select and this update: only rows still
+    # active are expired, and only theirs give their slot back.
+    expired = session.execute(
         update(Reservation)
-        .where(Reservation.id.in_([row.id for row in overdue]))
+        .where(
+            Reservation.id.in_([row.id for row in overdue]),
+            Reservation.status == "active",
+        )
         .values(status="expired")
-    )
-    for condition_id, count in Counter(row.condition_id for row in overdue).items():
+        .returning(Reservation.condition_id)
+        .execution_options(synchronize_session=False)
+    ).scalars().all()
+    for condition_id, count in Counter(expired).items():
         change_load(session, condition_id, -count)
-    return len(overdue)
+    return len(expired)
+
+
+def _renew(session: Session, reservation: Reservation, expires_at: dt.datetime) -> bool:
+    """Make an expired reservation active again; return False if it changed meanwhile.
+
+    A late response may complete the reservation while this transaction
+    runs, and it must stay completed.
+    """
+    result = session.execute(
+        update(Reservation)
+        .where(Reservation.id == reservation.id, Reservation.status == "expired")
+        .values(status="active", expires_at=expires_at)
+        .execution_options(synchronize_session=False)
+    )
+    session.refresh(reservation)
+    return result.rowcount == 1
 
 
 def change_load(session: Session, condition_id: int, delta: int) -> None:
@@ -139,11 +163,12 @@ def ensure_reservations(
         )
 
         for reservation in own:
-            if reservation.status == "expired" and load[
-                reservation.condition_id
-            ] < targets.get(reservation.condition_id, 0):
-                reservation.status = "active"
-                reservation.expires_at = now + lifetime
+            if (
+                reservation.status == "expired"
+                and load[reservation.condition_id]
+                < targets.get(reservation.condition_id, 0)
+                and _renew(session, reservation, now + lifetime)
+            ):
                 load[reservation.condition_id] += 1
                 change_load(session, reservation.condition_id, 1)
             elif (

@@ -317,15 +317,9 @@ def submit_trial(token: str, reservation_id: str) -> Any:
         time_on_page_ms=time_on_page,
     )
     session.add(trial)
-    if reservation.status == "expired":
-        # The answer is kept even though its slot was given back; the
-        # condition may end one trial above its target.
-        logger.info("Accepting a late response for expired reservation %s", reservation.id)
-        change_load(session, reservation.condition_id, 1)
-    reservation.status = "completed"
-    reservation.completed_at = utcnow()
     try:
         session.flush()
+        _complete_reservation(session, reservation)
         signals = {signal["id"]: signal["stimulus"] for signal in reservation.plan["signals"]}
         for sequence, event in enumerate(events):
             session.add(
@@ -359,6 +353,32 @@ def submit_trial(token: str, reservation_id: str) -> Any:
         )
         session.commit()
     return acknowledgement
+
+
+def _complete_reservation(session: Any, reservation: Reservation) -> None:
+    """Mark the reservation completed, whatever status a concurrent request gave it.
+
+    An assignment may expire the reservation, or its participant's next page
+    load renew it, while this response is validated. The update matches the
+    status it read, so the condition's load is changed exactly once.
+    """
+    for _ in range(5):
+        status = session.scalar(select(Reservation.status).where(Reservation.id == reservation.id))
+        result = session.execute(
+            update(Reservation)
+            .where(Reservation.id == reservation.id, Reservation.status == status)
+            .values(status="completed", completed_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:
+            continue
+        if status == "expired":
+            # The answer is kept even though its slot was given back; the
+            # condition may end one trial above its target.
+            logger.info("Accepting a late response for expired reservation %s", reservation.id)
+            change_load(session, reservation.condition_id, 1)
+        return
+    raise RuntimeError(f"reservation {reservation.id} kept changing while it was completed")
 
 
 def _json_object_body() -> Any:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from caqe_core.assignment import ensure_reservations
@@ -437,3 +437,183 @@ def test_late_response_keeps_load_consistent(
     finally:
         served.stop()
         set_registry(None)
+
+
+# --- Races between expiry, renewal and late responses -----------------------------
+
+
+def test_expiry_keeps_reservation_completed_meanwhile(
+    tmp_path: Path, postgres_url: str, registry: Registry
+) -> None:
+    """A response that commits between expiry's select and update keeps its trial counted."""
+    study, factory = prepared(
+        tmp_path,
+        postgres_url,
+        registry,
+        items=2,
+        assignment={"conditions_per_participant": 1, "reservation_minutes": 60},
+    )
+    start = dt.datetime.now(dt.UTC)
+    slow = start_participant(factory, study, "local_lab")
+    held = ensure_reservations(factory, study, slow.id, now=start)[0]
+    engine = factory.kw["bind"]
+    fired: list[str] = []
+
+    def answer_meanwhile(connection: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if (
+            fired
+            or "expires_at <" not in statement
+            or not statement.lstrip().startswith("SELECT")
+        ):
+            return
+        fired.append(statement)
+        with engine.begin() as other:
+            other.execute(
+                update(Reservation)
+                .where(Reservation.id == held.id)
+                .values(status="completed")
+            )
+
+    event.listen(engine, "after_cursor_execute", answer_meanwhile)
+    try:
+        newcomer = start_participant(factory, study, "local_lab")
+        ensure_reservations(
+            factory, study, newcomer.id, now=start + dt.timedelta(minutes=61)
+        )
+    finally:
+        event.remove(engine, "after_cursor_execute", answer_meanwhile)
+
+    assert fired, "the expiry select ran"
+    with factory() as session:
+        assert session.get(Reservation, held.id).status == "completed"
+        assert_load_matches_reservations(session, study)
+
+
+def test_late_response_racing_expiry(
+    tmp_path: Path, database_url: str, registry: Registry
+) -> None:
+    """A reservation that expires while its response is validated is counted once."""
+    config = scale_study(
+        tmp_path / "study",
+        items=2,
+        assignment={"conditions_per_participant": 1, "trials_per_condition": 3},
+    )
+    served = build_study(config, database_url, registry, tmp_path / "data")
+    served.start()
+    set_registry(registry)
+    engine = served.session_factory.kw["bind"]
+    fired: list[str] = []
+    try:
+        http, page_url = _arrive(served.url)
+        match = re.search(
+            r"<script id='trial' type='application/json'>(.*?)</script>",
+            http.get(page_url).text,
+        )
+        trial = json.loads(html.unescape(match.group(1)))
+        public_id = trial["submit"].rsplit("/", 1)[1]
+
+        def expire_meanwhile(
+            connection: Any, cursor: Any, statement: str, *_: Any
+        ) -> None:
+            if fired or "reservations.public_id" not in statement:
+                return
+            fired.append(statement)
+            with engine.begin() as other:
+                row = other.execute(
+                    select(Reservation.id, Reservation.condition_id).where(
+                        Reservation.public_id == public_id
+                    )
+                ).one()
+                other.execute(
+                    update(Reservation)
+                    .where(Reservation.id == row.id)
+                    .values(status="expired")
+                )
+                other.execute(
+                    update(Condition)
+                    .where(Condition.id == row.condition_id)
+                    .values(load=Condition.load - 1)
+                )
+
+        event.listen(engine, "after_cursor_execute", expire_meanwhile)
+        answer = http.post(
+            served.url + trial["submit"],
+            json={
+                "idempotency_key": "racing-0123456789",
+                "response": {
+                    "ratings": {signal["id"]: 5 for signal in trial["signals"]}
+                },
+            },
+            headers={"X-CAQE-CSRF": trial["csrf"]},
+        )
+        event.remove(engine, "after_cursor_execute", expire_meanwhile)
+
+        assert fired, "the reservation lookup ran"
+        assert answer.status_code == 200, answer.text
+        with served.session_factory() as session:
+            assert session.scalars(select(Reservation.status)).one() == "completed"
+            assert_load_matches_reservations(session, served.study)
+    finally:
+        served.stop()
+        set_registry(None)
+
+
+def test_renewal_keeps_late_response(
+    tmp_path: Path, postgres_url: str, registry: Registry
+) -> None:
+    """A late response that commits while its participant's reservation is renewed wins."""
+    study, factory = prepared(
+        tmp_path,
+        postgres_url,
+        registry,
+        items=2,
+        assignment={
+            "conditions_per_participant": 1,
+            "trials_per_condition": 50,
+            "condition_targets": {"item1": 0},
+            "reservation_minutes": 60,
+        },
+    )
+    start = dt.datetime.now(dt.UTC)
+    slow = start_participant(factory, study, "local_lab")
+    held = ensure_reservations(factory, study, slow.id, now=start)[0]
+    newcomer = start_participant(factory, study, "local_lab")
+    ensure_reservations(
+        factory, study, newcomer.id, now=start + dt.timedelta(minutes=61)
+    )
+    engine = factory.kw["bind"]
+    seen: list[str] = []
+    fired: list[str] = []
+
+    def answer_meanwhile(connection: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if fired or "reservations.participant_id =" not in statement:
+            return
+        seen.append(statement)
+        if len(seen) < 2:
+            return  # the lock-free read before the assignment transaction
+        fired.append(statement)
+        with engine.begin() as other:
+            other.execute(
+                update(Reservation)
+                .where(Reservation.id == held.id)
+                .values(status="completed")
+            )
+            other.execute(
+                update(Condition)
+                .where(Condition.id == held.condition_id)
+                .values(load=Condition.load + 1)
+            )
+
+    event.listen(engine, "after_cursor_execute", answer_meanwhile)
+    try:
+        active = ensure_reservations(
+            factory, study, slow.id, now=start + dt.timedelta(minutes=62)
+        )
+    finally:
+        event.remove(engine, "after_cursor_execute", answer_meanwhile)
+
+    assert fired, "the participant's reservations were read"
+    assert active == []
+    with factory() as session:
+        assert session.get(Reservation, held.id).status == "completed"
+        assert_load_matches_reservations(session, study)
