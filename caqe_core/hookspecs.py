@@ -119,9 +119,9 @@ def report_sections(study: Any, data: Any) -> list[Any] | None:
 def participant_consistency(study: Any, session: Any) -> dict[int, float] | None:
     """Return each participant's response consistency in [0, 1].
 
-    Called by recruiters that pay a consistency bonus, such as ``caqe mturk
-    give-pairwise-consistency-bonus``, which merges the results of every
-    implementation.
+    Called through ``caqe_core.services.participant_consistency``, which
+    merges the results of every implementation, by recruiters that pay a
+    consistency bonus such as ``caqe mturk give-pairwise-consistency-bonus``.
     ``study`` is the ``caqe_core.study.Study`` and ``session`` an open
     SQLAlchemy session. Return a dict from participant id to consistency,
     or None when the plugin does not score this study's test type.

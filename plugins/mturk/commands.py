@@ -11,7 +11,6 @@ from __future__ import annotations
 import concurrent.futures
 import datetime as dt
 import logging
-import math
 import random
 import time
 import uuid
@@ -51,6 +50,7 @@ from sqlalchemy.orm import Session
 
 from caqe_core.cli import Context, database_options, experiment_option, make_context
 from caqe_core.models import Participant, Payment, RecruitmentJob
+from caqe_core.services import ServiceError, participant_consistency
 from caqe_core.study import Study
 
 logger = logging.getLogger(__name__)
@@ -1239,27 +1239,11 @@ def consistency_bonus(
 
 def collect_consistency(study: Study, session: Session) -> dict[int, float]:
     """Merge the participant_consistency results of every plugin that scores the study."""
-    results = study.registry.hook.participant_consistency(study=study, session=session)
-    merged: dict[int, float] = {}
-    for result in results:
-        for participant_id, value in (result or {}).items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise click.ClickException(
-                    f"A plugin returned consistency {value!r} for participant "
-                    f"{participant_id}; expected a number from 0 to 1."
-                )
-            if not math.isfinite(value) or not 0 <= value <= 1:
-                raise click.ClickException(
-                    f"A plugin returned consistency {value!r} for participant "
-                    f"{participant_id}, outside 0 to 1."
-                )
-            if participant_id in merged and merged[participant_id] != value:
-                raise click.ClickException(
-                    f"Two plugins returned different consistencies for participant "
-                    f"{participant_id}: {merged[participant_id]!r} and {value!r}."
-                )
-            merged[int(participant_id)] = float(value)
-    if not results:
+    try:
+        merged = participant_consistency(study, session)
+    except ServiceError as error:
+        raise click.ClickException(str(error)) from None
+    if merged is None:
         raise click.ClickException(
             f"No plugin scores the consistency of test type {study.config.core.test_type!r}; "
             "the pairwise plugin scores pairwise comparison studies."
