@@ -93,8 +93,9 @@ def submit_step(token: str, step_name: str) -> Any:
     participant = _participant_or_404(token)
     if not check_csrf(participant.public_id, request.form.get("csrf_token")):
         abort(403, "The form has expired or was not sent by this study's page. Reload the page.")
-    if step_name != participant.step:
-        # A form from an earlier or later step (back button, second tab): show the current step.
+    if step_name != participant.step or step_name == DONE:
+        # A form from an earlier or later step (back button, second tab), or
+        # one posted after the end: show the current step.
         return redirect(participant_url(participant), code=303)
     study = current_study()
     session = db_session()

@@ -767,3 +767,28 @@ def test_whole_flow_reaches_completion(
             )
             == 2
         )
+
+
+def test_finished_participant_posts_done(
+    served_scale: ServedStudy, server_errors: list
+) -> None:
+    listener = arrive(served_scale.url)
+    csrf = listener.trial()["csrf"]
+    for index in range(2):
+        trial = listener.trial()
+        assert (
+            listener.submit(
+                trial, good_body(trial, f"key-{index}-0123456789")
+            ).status_code
+            == 200
+        )
+    assert "completion-code" in listener.http.get(listener.page_url).text
+
+    for step in ("done", "consent", "trials"):
+        answer = listener.http.post(
+            listener.page_url + f"step/{step}",
+            data={"csrf_token": csrf},
+            allow_redirects=False,
+        )
+        assert answer.status_code == 303, step
+    assert "completion-code" in listener.http.get(listener.page_url).text
