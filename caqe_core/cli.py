@@ -7,6 +7,7 @@ import os
 import secrets
 import shutil
 import sys
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,9 +78,20 @@ def open_database(database_url: str | None) -> tuple[str, Engine, sessionmaker[S
 
 def ensure_schema(engine: Engine) -> None:
     """Create or migrate the schema; a database of a newer CAQE is an error."""
+    from alembic.util import CommandError
+
     try:
         if not has_tables(engine) or not is_up_to_date(engine):
             upgrade(engine)
+    except CommandError as error:
+        # Alembic cannot find the database's revision among this version's
+        # migrations: a newer CAQE created or migrated the database.
+        location = describe_database(engine.url.render_as_string(hide_password=False))
+        raise click.ClickException(
+            f"The database at {location} has a schema this CAQE ({__version__}) does "
+            f"not know: {error}. It was probably migrated by a newer CAQE. Upgrade "
+            "CAQE, or use another database."
+        ) from None
     except Exception as error:
         if "OperationalError" in type(error).__name__ or "connect" in str(error).lower():
             raise click.ClickException(
@@ -409,7 +421,12 @@ def _backup(url: str, engine: Engine) -> Path:
         source = Path(parsed.database or "")
         target = folder / f"{source.stem}-{stamp}.sqlite"
         if source.exists():
-            with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+            # sqlite3's context manager only commits, so the connections are
+            # closed explicitly (an open handle keeps the file locked on Windows).
+            with (
+                closing(sqlite3.connect(source)) as src,
+                closing(sqlite3.connect(target)) as dst,
+            ):
                 src.backup(dst)
         else:
             target.touch()

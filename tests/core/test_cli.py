@@ -521,3 +521,18 @@ def test_study_commands_take_config_and_database_url(registry: Registry) -> None
     assert not missing, "commands without the shared study options:\n" + "\n".join(
         missing
     )
+
+
+def test_database_of_newer_caqe(caqe: Any, sqlite_url: str) -> None:
+    assert_clean(caqe("db", "upgrade", "--database-url", sqlite_url), 0)
+    engine = make_engine(sqlite_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE alembic_version SET version_num = 'ffff9999'")
+    engine.dispose()
+
+    for args in (("db", "upgrade"), ("status",)):
+        result = caqe(*args, "--database-url", sqlite_url)
+
+        assert_clean(result, 1)
+        assert "'ffff9999'" in result.output
+        assert "newer CAQE" in result.output
