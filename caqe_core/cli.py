@@ -216,6 +216,9 @@ def cli(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:
+        # Alembic logs every plugin it sets up and every migration step.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 @cli.command("plugins")
@@ -350,28 +353,15 @@ def run_command(
 @database_options
 @experiment_option
 def status_command(database_url: str | None, experiment: str | None) -> None:
-    """Print progress per condition."""
-    from caqe_core.progress import progress_summary
+    """Print progress per condition, completion and screening rates, exclusions."""
+    from caqe_core.progress import format_progress, progress_summary
 
     context = make_context(database_url)
     study = context.study(experiment)
     with context.session_factory() as session:
         summary = progress_summary(session, study)
     click.echo(f"Experiment {study.name} ({describe_database(context.database_url)})")
-    click.echo(
-        f"Participants: "
-        + ", ".join(f"{status} {count}" for status, count in sorted(summary["participants"].items()))
-        if summary["participants"]
-        else "Participants: none yet"
-    )
-    click.echo(
-        f"Trials: {summary['completed_trials']} of {summary['target_trials']} completed, "
-        f"{summary['active_reservations']} reserved"
-    )
-    width = max((len(row["key"]) for row in summary["conditions"]), default=9)
-    click.echo(f"{'condition':<{width}}  completed  reserved  target")
-    for row in summary["conditions"]:
-        click.echo(f"{row['key']:<{width}}  {row['completed']:>9}  {row['reserved']:>8}  {row['target']:>6}")
+    click.echo(format_progress(summary))
 
 
 @cli.group("db")

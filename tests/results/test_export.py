@@ -59,7 +59,7 @@ def exported(
 def test_export_csv_dtypes_without_options(
     exported: tuple[SyntheticStudy, Path],
 ) -> None:
-    study, out = exported
+    _, out = exported
     ratings = pd.read_csv(out / "ratings.csv")
     participants = pd.read_csv(out / "participants.csv")
     payments = pd.read_csv(out / "payments.csv")
