@@ -194,7 +194,7 @@ def merge_command(first: Path, second: Path, out_dir: Path) -> None:
     type=click.FloatRange(0, 1),
     default=0.8,
     show_default=True,
-    help="Minimum share of gold items a participant must answer correctly.",
+    help="Minimum share of correct gold answers (ratings rows with gold true).",
 )
 @click.option(
     "--allow-flag",

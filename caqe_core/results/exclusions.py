@@ -1,4 +1,4 @@
-"""The core's exclusion rules: screening failures, quality flags and gold items.
+"""The core's exclusion rules: screening failures, quality flags and gold answers.
 
 Test types add their own post-screening (such as the MUSHRA hidden-reference
 rule) from their ``report_sections`` hook with ``StudyData.exclude``. The
@@ -26,10 +26,10 @@ class ExclusionRules:
     """Exclude participants with a quality flag, except ``allowed_flags``."""
     allowed_flags: frozenset[str] = field(default_factory=frozenset)
     gold_min_correct: float = 0.8
-    """Minimum share of gold items answered correctly. A gold item is a
-    ratings row with ``gold`` true; ``correct`` tells whether the answer
-    matched the known one. Test types without these columns have no gold
-    items."""
+    """Minimum share of correct gold answers. A gold answer is a ratings row
+    with ``gold`` true, a rating or judgement with a known right answer, and
+    ``correct`` tells whether it was right. Test types that export no
+    ``gold`` and ``correct`` columns have no gold answers."""
     incomplete: bool = False
     """Exclude participants who did not complete the study."""
 
@@ -49,8 +49,8 @@ class ExclusionRules:
             )
             lines.append(f"Participants with a quality flag{allowed} are excluded.")
         lines.append(
-            "Participants who answered less than "
-            f"{self.gold_min_correct:.0%} of their gold items correctly are excluded."
+            "Participants with less than "
+            f"{self.gold_min_correct:.0%} of their gold answers correct are excluded."
         )
         if self.incomplete:
             lines.append("Participants who did not complete the study are excluded.")
@@ -127,7 +127,7 @@ def core_exclusions(
 
 
 def gold_failures(ratings: pd.DataFrame, min_correct: float) -> dict[str, str]:
-    """Return a reason for each participant below ``min_correct`` on gold items."""
+    """Return a reason for each participant below ``min_correct`` on gold answers."""
     if "gold" not in ratings.columns or "correct" not in ratings.columns:
         return {}
     gold = ratings[ratings["gold"].fillna(False).astype(bool)]
@@ -140,8 +140,8 @@ def gold_failures(ratings: pd.DataFrame, min_correct: float) -> dict[str, str]:
         share = row["sum"] / row["count"]
         if share < min_correct:
             reasons[str(participant)] = (
-                f"gold items: {int(row['sum'])} of {int(row['count'])} answered "
-                f"correctly ({share:.0%}), below the minimum of {min_correct:.0%}"
+                f"gold: {int(row['sum'])} of {int(row['count'])} gold answers correct "
+                f"({share:.0%}), below the minimum of {min_correct:.0%}"
             )
     return reasons
 
