@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import matplotlib.image
 import numpy as np
@@ -193,7 +193,7 @@ class ReportPlugin:
         self.seen["excluded"] = {p: list(r) for p, r in data.excluded.items()}
         self.seen["ratings"] = len(data.ratings)
         self.seen["output_dir"] = data.output_dir
-        first = sorted(data.included(data.ratings)["participant"].unique())[0]
+        first = min(data.included(data.ratings)["participant"].unique())
         data.exclude(first, "slow listener: took too long")
         means = (
             data.included(data.ratings)
