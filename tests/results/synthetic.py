@@ -68,8 +68,12 @@ def make_scale_study(
     items: int = 20,
     seed: int = 7,
     name: str = "scale-study",
+    target: int | None = None,
 ) -> SyntheticStudy:
-    """Prepare a scale study and fill it with ``participants`` listeners."""
+    """Prepare a scale study and fill it with ``participants`` listeners.
+
+    ``target`` is the config's trials_per_condition, by default ``participants``.
+    """
     config_path = scale_study(
         folder / "study",
         items=items,
@@ -77,7 +81,7 @@ def make_scale_study(
         experiment={"name": name, "title": "Synthetic scale study"},
         assignment={
             "conditions_per_participant": items,
-            "trials_per_condition": participants,
+            "trials_per_condition": target or participants,
         },
         flow={"steps": ["consent", "pre_survey", "trials", "post_survey"]},
     )
@@ -386,7 +390,7 @@ class _Generator:
             {
                 "experiment_id": self.study.experiment_id,
                 "recruiter": "local_lab",
-                "request_token": f"{self.study.name}-code-{index}",
+                "request_token": f"code-{secrets.token_hex(8)}",
                 "external_id": None,
                 "status": "issued",
                 "data": {"batch": index // 5},
@@ -411,7 +415,7 @@ class _Generator:
                     "purpose": f"bonus:{person['public_id']}",
                     "amount": amount,
                     "currency": "USD",
-                    "request_token": f"{self.study.name}-pay-{index}",
+                    "request_token": f"pay-{secrets.token_hex(8)}",
                     "reference": None,
                     "reason": 'Thank you, with a comma, and "quotes"',
                     "status": "paid",
