@@ -352,9 +352,16 @@ def _positions(
     path: tuple[Any, ...],
     out: dict[tuple[Any, ...], int],
     duplicates: list[tuple[tuple[Any, ...], int, int]],
+    visited: set[int] | None = None,
 ) -> None:
     """Record the line of every key and item, and every key given twice in a mapping."""
     out[path] = node.start_mark.line + 1
+    # An alias (*name) points at a node that was already walked. Walking it
+    # again would take exponential time for aliases of aliases.
+    visited = set() if visited is None else visited
+    if id(node) in visited:
+        return
+    visited.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: dict[tuple[str, Any], int] = {}
         for key_node, value_node in node.value:
@@ -365,11 +372,11 @@ def _positions(
                 duplicates.append((path + (key,), line, seen[identity]))
                 continue
             seen[identity] = line
-            _positions(value_node, path + (key,), out, duplicates)
+            _positions(value_node, path + (key,), out, duplicates, visited)
             out[path + (key,)] = line
     elif isinstance(node, yaml.SequenceNode):
         for index, child in enumerate(node.value):
-            _positions(child, path + (index,), out, duplicates)
+            _positions(child, path + (index,), out, duplicates, visited)
 
 
 def parse_yaml(path: Path, text: str) -> tuple[Any, dict[tuple[Any, ...], int]]:

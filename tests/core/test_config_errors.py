@@ -18,6 +18,7 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from caqe_core.cli import cli
+from caqe_core.config import parse_yaml
 from caqe_core.plugins import Registry, set_registry
 from tests.support.studies import SAMPLE_RATE, write_tone
 
@@ -571,3 +572,18 @@ def test_argument_overrides_environment(
 
     assert code == 0, output
     assert str(path.resolve()) in output
+
+
+def test_nested_aliases_walked_once() -> None:
+    """Aliases of aliases are not expanded while line numbers are collected."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, 6):
+        lines.append(
+            f"a{level}: &a{level} [" + ", ".join([f"*a{level - 1}"] * 10) + "]"
+        )
+
+    data, positions = parse_yaml(Path("aliases.yaml"), "\n".join(lines) + "\n")
+
+    assert len(data["a5"]) == 10
+    assert len(positions) < 200
+    assert positions[("a5",)] == 6
