@@ -15,6 +15,7 @@ import logging
 import random
 import secrets
 from collections import Counter
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -28,6 +29,9 @@ from caqe_core.models import (
     utcnow,
 )
 from caqe_core.study import Study
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import CursorResult
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +94,7 @@ def _renew(session: Session, reservation: Reservation, expires_at: dt.datetime) 
         .execution_options(synchronize_session=False)
     )
     session.refresh(reservation)
-    return result.rowcount == 1
+    return cast("CursorResult[Any]", result).rowcount == 1
 
 
 def change_load(session: Session, condition_id: int, delta: int) -> None:

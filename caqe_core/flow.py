@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from caqe_core.models import Experiment, Participant, Reservation, utcnow
 from caqe_core.study import Study
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import CursorResult
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +120,7 @@ def claim_step(session: Session, participant: Participant) -> bool:
         .values(step=participant.step)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    return cast("CursorResult[Any]", result).rowcount == 1
 
 
 def end_session(participant: Participant, status: str) -> None:

@@ -527,7 +527,9 @@ def test_database_of_newer_caqe(caqe: Any, sqlite_url: str) -> None:
     assert_clean(caqe("db", "upgrade", "--database-url", sqlite_url), 0)
     engine = make_engine(sqlite_url)
     with engine.begin() as connection:
-        connection.exec_driver_sql("UPDATE alembic_version SET version_num = 'ffff9999'")
+        connection.exec_driver_sql(
+            "UPDATE alembic_version SET version_num = 'ffff9999'"
+        )
     engine.dispose()
 
     for args in (("db", "upgrade"), ("status",)):
