@@ -79,7 +79,7 @@ def results_group() -> None:
 @click.option(
     "--experiment",
     default=None,
-    help="Name of the study when the database holds several.",
+    help="Name of the study when the database contains several.",
 )
 @click.option(
     "--database-url",
@@ -174,7 +174,7 @@ def merge_command(first: Path, second: Path, out_dir: Path) -> None:
 @click.option(
     "--experiment",
     default=None,
-    help="Name of the study when the database holds several.",
+    help="Name of the study when the database contains several.",
 )
 @click.option(
     "--database-url",
@@ -282,7 +282,8 @@ def _from_export(
         raise click.ClickException(str(error)) from None
     if experiment is not None and experiment != manifest["experiment"]:
         raise click.ClickException(
-            f"{export_dir} holds experiment {manifest['experiment']!r}, not {experiment!r}."
+            f"{export_dir} contains experiment {manifest['experiment']!r}, not "
+            f"{experiment!r}. Drop --experiment or give the export of that study."
         )
     config_path = export_dir / CONFIG_FILE
     try:

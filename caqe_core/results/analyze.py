@@ -56,7 +56,7 @@ SHORT_TEXT_ANSWER = 200
 
 @dataclass
 class Provenance:
-    """Where the data came from, for the reproducibility section."""
+    """Source of the analysed data, for the reproducibility section."""
 
     source: str
     """``database`` or ``export``."""
@@ -69,7 +69,7 @@ class Provenance:
 
 @dataclass
 class ReportResult:
-    """What ``build_report`` wrote."""
+    """Files that ``build_report`` wrote, and the exclusions it applied."""
 
     html_path: Path
     output_dir: Path

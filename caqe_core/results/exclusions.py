@@ -17,7 +17,7 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class ExclusionRules:
-    """Which core rules exclude a participant from the analysis."""
+    """Switches and limits of the core's exclusion rules."""
 
     screening: bool = True
     """Exclude participants who were screened out or whose last attempt of a

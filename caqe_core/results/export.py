@@ -63,7 +63,7 @@ class ExportFormatError(ValueError):
 
 @dataclass
 class ExportManifest:
-    """What ``manifest.json`` records about an export."""
+    """Contents of an export's ``manifest.json``."""
 
     experiment: str
     title: str

@@ -106,7 +106,7 @@ def _format_cell(value: Any, digits: int) -> str:
 
 
 def save_figure(figure: Figure, folder: Path, stem: str) -> list[Path]:
-    """Save a figure as PNG and SVG in ``folder``; return both paths."""
+    """Save a figure as PNG and SVG in ``folder`` and return both paths."""
     folder.mkdir(parents=True, exist_ok=True)
     png = folder / f"{stem}.png"
     svg = folder / f"{stem}.svg"

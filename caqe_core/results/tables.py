@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 KINDS = ("string", "integer", "float", "boolean", "datetime", "decimal", "json")
 """Column kinds. ``decimal`` is an exact amount kept as a string such as
-``"1.50"``; ``json`` is a JSON document kept as a string."""
+``"1.50"``, and ``json`` is a JSON document kept as a string."""
 
 TABLE_NAMES = (
     "ratings",
@@ -70,7 +70,8 @@ RESERVED_RATING_COLUMNS = frozenset(
         "time_on_page_ms",
     }
 )
-"""Columns of ``ratings`` that the core fills; a test type's value is ignored."""
+"""Columns of ``ratings`` that the core fills. A test type's values for them are
+ignored."""
 
 
 @dataclass(frozen=True)

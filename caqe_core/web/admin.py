@@ -2,7 +2,7 @@
 
 Every route needs the password that ``caqe run`` printed, given as the
 ``token`` query parameter, the ``X-CAQE-Admin-Token`` header or the password
-of HTTP basic authentication; without it the answer is 401.
+of HTTP basic authentication. Without it the response is 401.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def test_dashboard_without_credential_is_refused(
     from playwright.sync_api import Error
 
     page = browser.new_page()  # type: ignore[attr-defined]
-    # Chromium answers the basic-authentication challenge with no credentials
+    # Chromium responds to the basic-authentication challenge without credentials
     # by failing the navigation, so the dashboard never renders.
     with pytest.raises(Error, match="ERR_INVALID_AUTH_CREDENTIALS"):
         page.goto(served.url + "/admin/")

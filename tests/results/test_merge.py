@@ -166,7 +166,8 @@ def test_merge_rejects_other_studies(
     )
     assert other_name.exit_code == 1
     assert "different studies" in other_name.output
-    assert "'scale-study'" in other_name.output and "'other'" in other_name.output
+    assert "'scale-study'" in other_name.output
+    assert "'other'" in other_name.output
     other_config = run_cli(
         "results",
         "merge",

@@ -46,8 +46,7 @@ def test_progress_summary_numbers(small_study: SyntheticStudy) -> None:
     trials = {r["trial"] for r in small_study.ratings}
     assert summary["completed_trials"] == len(trials)
     assert summary["target_trials"] == 6 * 60
-    # Each incomplete participant holds one active reservation that has not expired
-    # (the synthetic data was written an hour before 2024-05-01 ended; it is long past).
+    # The incomplete participants' active reservations expired in May 2024.
     assert summary["active_reservations"] == 0
     seconds = np.array(list(small_study.time_on_page_ms.values())) / 1000
     assert summary["median_trial_seconds"] == pytest.approx(np.median(seconds))
