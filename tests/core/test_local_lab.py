@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -303,3 +304,49 @@ def test_completion_without_kiosk_stays(serve_lab: Callable[..., ServedStudy]) -
     assert "This session has ended" in done.text
     with served.session_factory() as session:
         assert session.scalar(select(func.count()).select_from(Participant)) == 1
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.mark.browser
+def test_kiosk_browser_returns_to_start(
+    serve_lab: Callable[..., ServedStudy], tmp_path: Path
+) -> None:
+    """In Chromium, the end page of a kiosk session goes back to the start page by itself."""
+    if not CHROMIUM.exists():
+        message = f"the browser test needs Debian's Chromium at {CHROMIUM}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    served = serve_lab(kiosk=True, kiosk_delay_seconds=1)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+        )
+        try:
+            page = browser.new_page()
+            page.goto(f"{served.url}/")
+            page.click("#start")
+            page.wait_for_selector("#agree")
+            page.click("button[name=decline]")
+            page.wait_for_selector("text=The next session starts in 1 second.")
+            page.screenshot(path=str(tmp_path / "kiosk-end.png"))
+            page.wait_for_url(f"{served.url}/lab/", timeout=15_000)
+            page.wait_for_selector("#start")
+            page.screenshot(path=str(tmp_path / "kiosk-start.png"))
+        finally:
+            browser.close()
+
+    assert [row.status for row in participants(served)] == ["screened_out"]
