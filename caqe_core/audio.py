@@ -82,21 +82,37 @@ def find_clipping(data: np.ndarray) -> int | None:
     return None
 
 
-def prepare_copy(data: np.ndarray, rate: int, prepared_dir: Path) -> tuple[Path, str]:
-    """Write audio as 16-bit FLAC without metadata, named by its content hash.
+def prepare_copy(
+    data: np.ndarray, rate: int, prepared_dir: Path, salt: str | None = None
+) -> tuple[Path, str]:
+    """Write audio as 16-bit FLAC without tags; return its path and content hash.
 
     Serving these copies keeps file names and tags (which may name a system)
-    away from the listener.
+    away from the listener. The file is named by the hash of its samples,
+    or with ``salt`` by a hash of both. A salted copy also carries a comment
+    of random-looking padding whose length depends on the salt, so two
+    copies of the same samples differ in bytes and size.
     """
     pcm = np.clip(np.round(data * 32767.0), -32768, 32767).astype("<i2")
     digest = hashlib.sha256(
         pcm.tobytes() + struct.pack("<II", rate, data.shape[1])
     ).hexdigest()
+    name = (
+        digest
+        if salt is None
+        else hashlib.sha256(f"{digest}\0{salt}".encode()).hexdigest()
+    )
     prepared_dir.mkdir(parents=True, exist_ok=True)
-    target = prepared_dir / f"{digest[:32]}.flac"
+    target = prepared_dir / f"{name[:32]}.flac"
     if not target.exists():
         partial = target.with_suffix(".partial")
-        sf.write(str(partial), pcm, rate, format="FLAC", subtype="PCM_16")
+        with sf.SoundFile(
+            str(partial), "w", rate, data.shape[1], subtype="PCM_16", format="FLAC"
+        ) as handle:
+            if salt is not None:
+                padding = hashlib.sha512(name.encode()).hexdigest()
+                handle.comment = (padding * 32)[: 16 + int(name[:4], 16) % 2048]
+            handle.write(pcm)
         partial.replace(target)
     return target, digest
 

@@ -284,14 +284,22 @@ def prepare_study(
     """Check the study, write prepared audio and store it in the database."""
     checked = check_study(config, registry, generated_dir(data_dir, config.name))
 
-    prepared: dict[Path, tuple[Path, str]] = {}
+    # Every stimulus of a condition gets a file of its own, even where two
+    # share a source (the reference and the hidden reference), so that no
+    # URL, ETag or file size tells them apart.
+    prepared: dict[tuple[str, str], tuple[Path, str]] = {}
+    decoded: dict[Path, tuple[Any, int]] = {}
     for spec in checked.specs:
         for stimulus in spec.stimuli:
-            if stimulus.path not in prepared:
-                data, rate = read_audio(stimulus.path, str(stimulus.path))
-                prepared[stimulus.path] = prepare_copy(
-                    data, rate, prepared_dir(data_dir)
-                )
+            if stimulus.path not in decoded:
+                decoded[stimulus.path] = read_audio(stimulus.path, str(stimulus.path))
+            data, rate = decoded[stimulus.path]
+            prepared[spec.key, stimulus.key] = prepare_copy(
+                data,
+                rate,
+                prepared_dir(data_dir),
+                salt=f"{config.name}\0{spec.key}\0{stimulus.key}",
+            )
 
     study_hash = _study_hash(config, checked, prepared)
     with session_factory() as session, session.begin():
@@ -353,7 +361,8 @@ def _study_hash(
             )
         )
         for stimulus in spec.stimuli:
-            parts.append(f"{stimulus.key}:{stimulus.role}:{prepared[stimulus.path][1]}")
+            digest = prepared[spec.key, stimulus.key][1]
+            parts.append(f"{stimulus.key}:{stimulus.role}:{digest}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -380,7 +389,7 @@ def _store_conditions(
     experiment: Experiment,
     config: StudyConfig,
     checked: CheckedStudy,
-    prepared: dict[Path, tuple[Path, str]],
+    prepared: dict[tuple[str, str], tuple[Path, str]],
 ) -> None:
     targets = config.core.assignment.condition_targets
     default_target = config.core.assignment.trials_per_condition
@@ -398,7 +407,7 @@ def _store_conditions(
         session.flush()
         for index, stimulus in enumerate(spec.stimuli):
             info = checked.infos[stimulus.path]
-            path, digest = prepared[stimulus.path]
+            path, digest = prepared[spec.key, stimulus.key]
             session.add(
                 Stimulus(
                     experiment_id=experiment.id,
