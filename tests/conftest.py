@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -15,10 +14,10 @@ from sqlalchemy.engine import make_url
 # Installed third-party plugins stay out of the tests: only the built-ins load.
 os.environ["CAQE_PLUGINS"] = "mushra,pairwise,mturk,local_lab"
 
-from caqe_core.plugins import Registry, build_registry, set_registry  # noqa: E402
-from tests.support import scale_plugin  # noqa: E402
-from tests.support.server import ServedStudy, build_study  # noqa: E402
-from tests.support.studies import scale_study  # noqa: E402
+from caqe_core.plugins import Registry, build_registry, set_registry
+from tests.support import scale_plugin
+from tests.support.server import ServedStudy, build_study
+from tests.support.studies import scale_study
 
 POSTGRES_ENV = "CAQE_TEST_POSTGRES_URL"
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -100,3 +99,28 @@ def served_scale(scale_config: Path, sqlite_url: str, registry: Registry, tmp_pa
     finally:
         served.stop()
         set_registry(None)
+
+
+CHROMIUM_PATH = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="session")
+def playwright_instance() -> Iterator[object]:
+    """The session's one Playwright driver; every browser test launches from it.
+
+    Playwright's sync API cannot start a second driver while one runs, so
+    the test areas share this one. Skips when Debian's Chromium is missing,
+    except under CI=true, where a missing browser fails the run.
+    """
+    if not CHROMIUM_PATH.exists():
+        message = (
+            f"Chromium not found at {CHROMIUM_PATH}; install Debian's chromium package "
+            "to run the browser tests"
+        )
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        yield playwright

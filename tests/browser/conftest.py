@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -97,7 +97,7 @@ def static_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StaticSe
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[object]:
+def browser(playwright_instance: Any) -> Iterator[object]:
     """Debian's Chromium, headless, shared by the whole session.
 
     Skips when /usr/bin/chromium is missing, except under CI=true, where a
@@ -111,16 +111,15 @@ def browser() -> Iterator[object]:
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=str(CHROMIUM_PATH), args=CHROMIUM_ARGS
-        )
-        try:
-            yield launched
-        finally:
-            launched.close()
+    playwright = playwright_instance
+    launched = playwright.chromium.launch(
+        executable_path=str(CHROMIUM_PATH), args=CHROMIUM_ARGS
+    )
+    try:
+        yield launched
+    finally:
+        launched.close()
 
 
 @pytest.fixture

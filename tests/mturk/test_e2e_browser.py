@@ -145,22 +145,21 @@ def frame_site() -> Iterator[str]:
 
 
 @pytest.fixture
-def chromium() -> Iterator[Any]:
+def chromium(playwright_instance: Any) -> Iterator[Any]:
     if not CHROMIUM.exists():
         message = f"Chromium not found at {CHROMIUM}; install Debian's chromium package"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+    playwright = playwright_instance
+    browser = playwright.chromium.launch(
+        executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+    )
+    try:
+        yield browser
+    finally:
+        browser.close()
 
 
 class Study:

@@ -5,6 +5,7 @@ import shutil
 import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import botocore.exceptions
 import pytest
@@ -1235,10 +1236,11 @@ def test_external_submit_twice_rejected(fake_mturk, mturk_client):
 
 
 @pytest.mark.browser
-def test_external_submit_from_browser(fake_mturk, mturk_client, tmp_path):
+def test_external_submit_from_browser(
+    fake_mturk, mturk_client, tmp_path, playwright_instance: Any
+):
     if shutil.which("chromium") is None:
         pytest.skip("Debian's chromium is not installed at /usr/bin/chromium")
-    from playwright.sync_api import sync_playwright
 
     hit_id = create_hit(mturk_client)["HITId"]
     assignment_id = fake_mturk.simulate_accept(hit_id, WORKER)
@@ -1249,28 +1251,28 @@ def test_external_submit_from_browser(fake_mturk, mturk_client, tmp_path):
         '<button type="submit">Submit</button></form>'
     )
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        try:
-            page = browser.new_page()
-            page.set_content(page_html)
-            with page.expect_navigation():
-                page.click("button")
-            page.screenshot(path=str(tmp_path / "external-submit.png"))
-            body_text = page.inner_text("body")
-        finally:
-            browser.close()
+    playwright = playwright_instance
+    browser = playwright.chromium.launch(
+        executable_path="/usr/bin/chromium",
+        args=[
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ],
+    )
+    try:
+        page = browser.new_page()
+        page.set_content(page_html)
+        with page.expect_navigation():
+            page.click("button")
+        page.screenshot(path=str(tmp_path / "external-submit.png"))
+        body_text = page.inner_text("body")
+    finally:
+        browser.close()
 
     assignment = mturk_client.get_assignment(AssignmentId=assignment_id)["Assignment"]
     assert f"Assignment {assignment_id} was submitted." in body_text

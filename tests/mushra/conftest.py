@@ -113,7 +113,7 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture(scope="session")
-def chromium() -> Iterator[Any]:
+def chromium(playwright_instance: Any) -> Iterator[Any]:
     """Debian's Chromium, headless, without an autoplay exemption.
 
     Audio starts only after a click or key press, as for a participant.
@@ -124,13 +124,12 @@ def chromium() -> Iterator[Any]:
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM_PATH), args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+    playwright = playwright_instance
+    browser = playwright.chromium.launch(
+        executable_path=str(CHROMIUM_PATH), args=CHROMIUM_ARGS
+    )
+    try:
+        yield browser
+    finally:
+        browser.close()

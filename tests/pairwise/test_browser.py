@@ -80,22 +80,21 @@ def served_demo(
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def browser(playwright_instance: Any) -> Iterator[Any]:
     if not CHROMIUM_PATH.exists():
         message = f"Chromium not found at {CHROMIUM_PATH}; install Debian's chromium"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=str(CHROMIUM_PATH), args=CHROMIUM_ARGS
-        )
-        try:
-            yield launched
-        finally:
-            launched.close()
+    playwright = playwright_instance
+    launched = playwright.chromium.launch(
+        executable_path=str(CHROMIUM_PATH), args=CHROMIUM_ARGS
+    )
+    try:
+        yield launched
+    finally:
+        launched.close()
 
 
 def listen_until_heard(page: Any, side: str, use_key: bool) -> None:

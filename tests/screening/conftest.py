@@ -22,7 +22,7 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
+def chromium(playwright_instance: Any) -> Iterator[Any]:
     """Headless Chromium; skipped when missing, except under CI=true, where it fails."""
     if not CHROMIUM_PATH.exists():
         message = (
@@ -31,16 +31,15 @@ def chromium() -> Iterator[Any]:
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM_PATH), args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+    playwright = playwright_instance
+    browser = playwright.chromium.launch(
+        executable_path=str(CHROMIUM_PATH), args=CHROMIUM_ARGS
+    )
+    try:
+        yield browser
+    finally:
+        browser.close()
 
 
 @pytest.fixture
