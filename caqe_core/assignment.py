@@ -187,6 +187,7 @@ def ensure_reservations(
         missing = per_participant - held
         if missing > 0:
             taken = {reservation.condition_id for reservation in own}
+            taken |= _done_in_earlier_sessions(session, participant)
             rng = random.Random(
                 f"{study.config.core.experiment.seed}:{participant.public_id}"
             )
@@ -233,6 +234,29 @@ def ensure_reservations(
         for reservation in active:
             session.expunge(reservation)
         return Assigned(active, completed)
+
+
+def _done_in_earlier_sessions(session: Session, participant: Participant) -> set[int]:
+    """Conditions the same person completed in earlier sessions of this experiment.
+
+    A returning MTurk worker or lab code gets a new participant row per
+    session; the recruiter's ``external_id`` links them.
+    """
+    if participant.external_id is None:
+        return set()
+    earlier = select(Participant.id).where(
+        Participant.experiment_id == participant.experiment_id,
+        Participant.external_id == participant.external_id,
+        Participant.id != participant.id,
+    )
+    return set(
+        session.scalars(
+            select(Reservation.condition_id).where(
+                Reservation.participant_id.in_(earlier),
+                Reservation.status == "completed",
+            )
+        ).all()
+    )
 
 
 def _reservations_in_hand(

@@ -85,7 +85,10 @@ def page(token: str) -> Any:
     if participant.step == "training":
         return _render_training(token, participant)
     step = study.registry.flow_steps[participant.step]
-    return step.render(_step_page(token, participant))
+    html = step.render(_step_page(token, participant))
+    # A step may register audio (StepPage.audio_url) while it renders.
+    db_session().commit()
+    return html
 
 
 @bp.post("/p/<token>/step/<step_name>")

@@ -617,3 +617,30 @@ def test_renewal_keeps_late_response(
     with factory() as session:
         assert session.get(Reservation, held.id).status == "completed"
         assert_load_matches_reservations(session, study)
+
+
+def test_returning_person_gets_new_conditions(
+    scale_config: Path, sqlite_url: str, registry: Registry, tmp_path: Path
+) -> None:
+    """A second session with the same external id never repeats a completed condition."""
+    from caqe_core.assignment import ensure_reservations
+    from caqe_core.flow import start_participant
+    from caqe_core.models import Reservation, utcnow
+    from tests.support.server import build_study
+
+    served = build_study(scale_config, sqlite_url, registry, tmp_path / "data")
+    first = start_participant(served.session_factory, served.study, "local_lab", external_id="W1")
+    done = ensure_reservations(served.session_factory, served.study, first.id)
+    with served.session_factory() as session, session.begin():
+        for reservation in done:
+            row = session.get(Reservation, reservation.id)
+            row.status = "completed"
+            row.completed_at = utcnow()
+    second = start_participant(served.session_factory, served.study, "local_lab", external_id="W1")
+    again = ensure_reservations(served.session_factory, served.study, second.id)
+
+    first_conditions = {reservation.condition_id for reservation in done}
+    second_conditions = {reservation.condition_id for reservation in again}
+    assert len(first_conditions) == 2
+    assert len(second_conditions) == 1
+    assert not first_conditions & second_conditions
