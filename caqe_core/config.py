@@ -461,7 +461,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _describe_pydantic_error(error: dict[str, Any], model: type[BaseModel], loc: tuple[Any, ...], data: Any) -> str:
+def _describe_pydantic_error(error: Any, model: type[BaseModel], loc: tuple[Any, ...], data: Any) -> str:
     kind = error["type"]
     value = error.get("input")
     if kind == "missing":
@@ -692,7 +692,7 @@ def _check_plugin_names(
 ) -> bool:
     """Report unknown test type, recruiter and step names; return True if none."""
     count = len(problems)
-    checks = [
+    checks: list[tuple[str, str, dict[str, Any]]] = [
         ("test_type", core.test_type, registry.test_types),
         ("recruiter", core.recruiter, registry.recruiters),
     ]

@@ -68,7 +68,9 @@ def start_participant(
     )
     with session_factory() as session:
         with session.begin():
-            participant = session.get(Participant, participant.id)
+            stored = session.get(Participant, participant.id)
+            assert stored is not None, "the participant was committed above"
+            participant = stored
             experiment = session.get(Experiment, study.experiment_id)
             study.registry.hook.participant_started(
                 participant=participant, experiment=experiment, session=session

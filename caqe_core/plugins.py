@@ -205,7 +205,7 @@ def _collect(registry: Registry) -> None:
 def _make_register(
     plugin_name: str,
     hook_name: str,
-    base: type,
+    base: type[Any],
     target: dict[str, Any],
     attributes: tuple[str, ...],
     registry: Registry,

@@ -349,7 +349,7 @@ def prepare_study(
 
 
 def _study_hash(
-    config: StudyConfig, checked: CheckedStudy, prepared: dict[Path, tuple[Path, str]]
+    config: StudyConfig, checked: CheckedStudy, prepared: dict[tuple[str, str], tuple[Path, str]]
 ) -> str:
     parts = [config.hash()]
     for spec in checked.specs:

@@ -203,8 +203,9 @@ def parse_criterion(source: str) -> ast.Expression:
         raise CriterionError(
             f"{source!r} is not a valid expression ({error.msg})"
         ) from None
-    tree = _fold_negative_numbers(tree)
-    assert isinstance(tree, ast.Expression)
+    folded = _fold_negative_numbers(tree)
+    assert isinstance(folded, ast.Expression)
+    tree = folded
     _check_tree(tree.body, source)
     return tree
 

@@ -6,7 +6,7 @@ import json
 import logging
 import math
 import random
-from typing import Any
+from typing import Any, TypeGuard
 
 from flask import Blueprint, abort, redirect, request, url_for
 from sqlalchemy import select, update
@@ -451,7 +451,7 @@ def _validate_time(value: Any) -> float | None:
     return float(value)
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
