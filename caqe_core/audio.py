@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import os
+import secrets
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +107,11 @@ def prepare_copy(
     prepared_dir.mkdir(parents=True, exist_ok=True)
     target = prepared_dir / f"{name[:32]}.flac"
     if not target.exists():
-        partial = target.with_suffix(".partial")
+        # A name of its own per writer: two processes may prepare the same
+        # file at once, and the rename makes whichever finishes last win.
+        partial = target.with_name(
+            f"{target.stem}.{os.getpid()}.{secrets.token_hex(4)}.partial"
+        )
         with sf.SoundFile(
             str(partial), "w", rate, data.shape[1], subtype="PCM_16", format="FLAC"
         ) as handle:

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from caqe_core.audio import (
@@ -302,6 +303,34 @@ def prepare_study(
             )
 
     study_hash = _study_hash(config, checked, prepared)
+    try:
+        experiment_id = _store_study(
+            session_factory, config, checked, prepared, study_hash
+        )
+    except IntegrityError:
+        # Another process stored the same new experiment at the same moment
+        # (two first starts); storing again finds its rows.
+        logger.info(
+            "Experiment %s was stored concurrently; reading it again", config.name
+        )
+        experiment_id = _store_study(
+            session_factory, config, checked, prepared, study_hash
+        )
+
+    study = Study(config=config, experiment_id=experiment_id, registry=registry)
+    with session_factory() as session:
+        study.load_conditions(session)
+    return study
+
+
+def _store_study(
+    session_factory: sessionmaker[Session],
+    config: StudyConfig,
+    checked: CheckedStudy,
+    prepared: dict[tuple[str, str], tuple[Path, str]],
+    study_hash: str,
+) -> int:
+    """Write the experiment and its conditions unless the same study is stored; return its id."""
     with session_factory() as session, session.begin():
         experiment = session.scalar(
             select(Experiment).where(Experiment.name == config.name)
@@ -341,15 +370,13 @@ def prepare_study(
                 config.name,
                 len(checked.specs),
             )
-
-    study = Study(config=config, experiment_id=experiment_id, registry=registry)
-    with session_factory() as session:
-        study.load_conditions(session)
-    return study
+    return experiment_id
 
 
 def _study_hash(
-    config: StudyConfig, checked: CheckedStudy, prepared: dict[tuple[str, str], tuple[Path, str]]
+    config: StudyConfig,
+    checked: CheckedStudy,
+    prepared: dict[tuple[str, str], tuple[Path, str]],
 ) -> str:
     parts = [config.hash()]
     for spec in checked.specs:

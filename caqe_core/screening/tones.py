@@ -7,6 +7,8 @@ peak amplitude of ``sqrt(2) * 10 ** (-20 / 20)`` (about 0.141).
 from __future__ import annotations
 
 import json
+import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +74,10 @@ def check_frequency(frequency: float, rate: int, key: str) -> str | None:
 def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
     """Write float samples as a 32-bit float WAV file, creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial.wav")
+    # A name of its own per writer: two processes may prepare a study at once.
+    partial = path.with_name(
+        f"{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.partial.wav"
+    )
     sf.write(str(partial), samples.astype(np.float32), rate, subtype="FLOAT")
     partial.replace(path)
     return path
@@ -81,7 +86,7 @@ def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
 def write_key(folder: Path, key: dict[str, Any]) -> None:
     """Store a step's answer key next to its files; it is never sent to a page."""
     folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / "key.json.partial"
+    partial = folder / f"key.json.{os.getpid()}.{secrets.token_hex(4)}.partial"
     partial.write_text(json.dumps(key, indent=1, sort_keys=True))
     partial.replace(folder / "key.json")
 
