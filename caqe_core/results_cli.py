@@ -307,8 +307,10 @@ def _from_export(
 
 
 def _print_result(result: ReportResult) -> None:
-    figures = sum(1 for path in result.files if path.suffix == ".png")
-    tables = sum(1 for path in result.files if path.suffix == ".csv")
+    # Plugins may also write files into the folder themselves, so count them there.
+    files = list(result.output_dir.rglob("*")) if result.output_dir.is_dir() else []
+    figures = sum(1 for path in files if path.suffix == ".png")
+    tables = sum(1 for path in files if path.suffix == ".csv")
     click.echo(f"Wrote {result.html_path}")
     click.echo(
         f"  {figures} figures (PNG and SVG) and {tables} tables (CSV) in {result.output_dir}"

@@ -42,6 +42,10 @@ KINDS = ("string", "integer", "float", "boolean", "datetime", "decimal", "json")
 """Column kinds. ``decimal`` is an exact amount kept as a string such as
 ``"1.50"``, and ``json`` is a JSON document kept as a string."""
 
+STRING_DTYPE = pd.StringDtype(na_value=pd.NA)
+"""Dtype of text columns: pandas' nullable string, stored by pyarrow when it is
+installed (compact for a million rows) and as Python objects otherwise."""
+
 TABLE_NAMES = (
     "ratings",
     "participants",
@@ -56,7 +60,7 @@ TABLE_NAMES = (
 
 # Rows of trials converted per batch. Each batch becomes a DataFrame before
 # the next starts, so the per-row dicts of at most one batch are alive.
-TRIAL_BATCH_SIZE = 4000
+TRIAL_BATCH_SIZE = 1000
 
 RESERVED_RATING_COLUMNS = frozenset(
     {
@@ -446,7 +450,7 @@ def _load_ratings(
     extra = [name for name in extra_columns if name not in core]
     if not batches:
         return pd.DataFrame({name: [] for name in core})
-    ratings = pd.concat(batches, ignore_index=True, sort=False)
+    ratings = _concat_columns(batches, [*core, *extra])
     for name in extra:
         description = getattr(test_type, "export_columns", {}).get(
             name, f"Value from the {test_type.name!r} test type's export_rows."
@@ -456,6 +460,25 @@ def _load_ratings(
         )
         core.insert(core.index("trial"), name)
     return ratings[core]
+
+
+def _concat_columns(batches: list[pd.DataFrame], names: list[str]) -> pd.DataFrame:
+    """Concatenate the batches column by column, freeing each batch column once copied.
+
+    A plain ``pd.concat`` holds every batch and the result at once, which
+    doubles the peak memory of a million-row table.
+    """
+    columns: dict[str, pd.Series] = {}
+    for name in names:
+        parts = []
+        for batch in batches:
+            if name in batch.columns:
+                parts.append(batch.pop(name))
+            else:
+                parts.append(pd.Series([None] * len(batch), dtype=object))
+        columns[name] = pd.concat(parts, ignore_index=True)
+    batches.clear()
+    return pd.DataFrame(columns)
 
 
 def _ratings_batch(
@@ -513,6 +536,11 @@ def _ratings_batch(
             owners.append(index)
 
     trial_frame = pd.DataFrame(trials)
+    # Typed per batch, so repeating a trial's values for each of its rows
+    # copies arrays instead of Python objects.
+    if len(trial_frame):
+        for name in ("started_at", "completed_at"):
+            trial_frame[name] = pd.to_datetime(trial_frame[name], utc=True)
     produced_frame = pd.DataFrame(rows) if rows else pd.DataFrame(index=range(0))
     for name in produced_frame.columns:
         if name in RESERVED_RATING_COLUMNS:
@@ -534,6 +562,18 @@ def _ratings_batch(
         if name in ("item", "scale"):
             values = values.where(values.notna(), frame[name])
         frame[name] = values
+    return _compact(frame)
+
+
+def _compact(frame: pd.DataFrame) -> pd.DataFrame:
+    """Store text columns as pandas strings instead of Python objects."""
+    for name in frame.columns:
+        values = frame[name]
+        if pd.api.types.is_object_dtype(values.dtype):
+            if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
+                frame[name] = values.astype(STRING_DTYPE)
+        elif pd.api.types.is_string_dtype(values.dtype):
+            frame[name] = values.astype(STRING_DTYPE)
     return frame
 
 
@@ -920,53 +960,51 @@ def infer_kind(values: pd.Series) -> str:
     present = values.dropna()
     if present.empty:
         return "string"
-    if pd.api.types.is_bool_dtype(present.dtype):
+    dtype = present.dtype
+    if pd.api.types.is_bool_dtype(dtype):
         return "boolean"
-    if pd.api.types.is_integer_dtype(present.dtype):
+    if pd.api.types.is_integer_dtype(dtype):
         return "integer"
-    if pd.api.types.is_float_dtype(present.dtype):
+    if pd.api.types.is_float_dtype(dtype):
         return "float"
-    if isinstance(present.dtype, pd.DatetimeTZDtype):
+    if isinstance(dtype, pd.DatetimeTZDtype):
         return "datetime"
-    kinds = {_value_kind(value) for value in present}
-    if kinds == {"boolean"}:
-        return "boolean"
-    if kinds == {"integer"}:
-        return "integer"
-    if kinds <= {"integer", "float"}:
-        return "float"
-    if kinds == {"datetime"}:
-        return "datetime"
-    if kinds <= {"string"}:
+    if pd.api.types.is_string_dtype(dtype) and not pd.api.types.is_object_dtype(dtype):
         return "string"
-    return "json"
+    # pandas' own type inference runs in C; iterating a million values in
+    # Python would dominate the export.
+    return _INFERRED_KINDS.get(pd.api.types.infer_dtype(present, skipna=True), "json")
 
 
-def _value_kind(value: Any) -> str:
-    if isinstance(value, (bool, np.bool_)):
-        return "boolean"
-    if isinstance(value, (int, np.integer)):
-        return "integer"
-    if isinstance(value, (float, np.floating)):
-        return "float"
-    if isinstance(value, dt.datetime):
-        return "datetime"
-    if isinstance(value, str):
-        return "string"
-    return "json"
+_INFERRED_KINDS = {
+    "boolean": "boolean",
+    "integer": "integer",
+    "floating": "float",
+    "mixed-integer-float": "float",
+    "decimal": "float",
+    "datetime": "datetime",
+    "string": "string",
+    "empty": "string",
+}
 
 
 def conform(frame: pd.DataFrame, schema: TableSchema) -> pd.DataFrame:
-    """Return ``frame`` with exactly the schema's columns, in order, in their dtypes."""
-    out = {}
+    """Return ``frame`` with exactly the schema's columns, in order, in their dtypes.
+
+    Columns are converted one at a time and replace the originals, so a large
+    table is not held twice.
+    """
     length = len(frame)
+    frame = frame.reset_index(drop=True)
+    names = [column.name for column in schema.columns]
+    frame = frame.drop(columns=[name for name in frame.columns if name not in names])
     for column in schema.columns:
         if column.name in frame.columns:
             values = frame[column.name]
         else:
             values = pd.Series([None] * length, dtype=object)
-        out[column.name] = cast(values, column.kind)
-    return pd.DataFrame(out, index=pd.RangeIndex(length))
+        frame[column.name] = cast(values, column.kind)
+    return frame[names]
 
 
 def cast(values: pd.Series, kind: str) -> pd.Series:
@@ -986,5 +1024,5 @@ def cast(values: pd.Series, kind: str) -> pd.Series:
                 value if value is None or isinstance(value, str) else _json_text(value)
             ),
             na_action="ignore",
-        ).astype("string")
-    return values.astype("string")
+        ).astype(STRING_DTYPE)
+    return values.astype(STRING_DTYPE)
