@@ -135,6 +135,9 @@ class TrialPage:
     training: bool = False
     continue_url: str | None = None
     """For training pages: where the form that ends training posts."""
+    audio_url: Any = None
+    """Callable taking a path to an extra file (a training example) and a
+    role, returning an opaque URL; the core commits after the page renders."""
 
 
 @dataclass

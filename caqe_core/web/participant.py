@@ -70,7 +70,9 @@ def _load_participant(token: str) -> Participant | None:
 def _participant_or_404(token: str) -> Participant:
     participant = _load_participant(token)
     if participant is None:
-        abort(404, "This link is not valid. Open the study from the link you were given.")
+        abort(
+            404, "This link is not valid. Open the study from the link you were given."
+        )
     return participant
 
 
@@ -95,7 +97,10 @@ def page(token: str) -> Any:
 def submit_step(token: str, step_name: str) -> Any:
     participant = _participant_or_404(token)
     if not check_csrf(participant.public_id, request.form.get("csrf_token")):
-        abort(403, "The form has expired or was not sent by this study's page. Reload the page.")
+        abort(
+            403,
+            "The form has expired or was not sent by this study's page. Reload the page.",
+        )
     if step_name != participant.step or step_name == DONE:
         # A form from an earlier or later step (back button, second tab), or
         # one posted after the end: show the current step.
@@ -130,7 +135,9 @@ def submit_step(token: str, step_name: str) -> Any:
         participant.flags = [*participant.flags, outcome.flag]
     if not outcome.done:
         session.commit()
-        html = flow_step.render(_step_page(token, participant), request.form, outcome.errors)
+        html = flow_step.render(
+            _step_page(token, participant), request.form, outcome.errors
+        )
         return html, 422
     if outcome.end_session:
         end_session(participant, "screened_out")
@@ -157,34 +164,58 @@ def _step_page(token: str, participant: Participant) -> StepPage:
         participant=participant,
         section=study.config.section(participant.step),
         config=study.config,
-        submit_url=url_for("participant.submit_step", token=token, step_name=participant.step),
+        submit_url=url_for(
+            "participant.submit_step", token=token, step_name=participant.step
+        ),
         csrf_token=csrf_token(participant.public_id),
         attempt=len(attempts),
-        audio_url=lambda path, role="screening": asset_url(session, participant, path, role),
+        audio_url=lambda path, role="screening": asset_url(
+            session, participant, path, role
+        ),
         session=session,
     )
 
 
-def _signal_urls(participant: Participant, condition: Any, plan: dict[str, Any]) -> dict[str, str]:
+def _asset_url_for(participant: Participant) -> Any:
+    session = db_session()
+    return lambda path, role="asset": asset_url(session, participant, path, role)
+
+
+def _signal_urls(
+    participant: Participant, condition: Any, plan: dict[str, Any]
+) -> dict[str, str]:
     return {
-        signal["id"]: stimulus_url(participant.id, condition.stimuli[signal["stimulus"]].id)
+        signal["id"]: stimulus_url(
+            participant.id, condition.stimuli[signal["stimulus"]].id
+        )
         for signal in plan["signals"]
     }
 
 
-def _trial_page(token: str, participant: Participant, reservation: Reservation, position: int, total: int) -> TrialPage:
+def _trial_page(
+    token: str,
+    participant: Participant,
+    reservation: Reservation,
+    position: int,
+    total: int,
+) -> TrialPage:
     study = current_study()
     condition = study.conditions[reservation.condition_id]
     return TrialPage(
         condition=condition,
         plan=reservation.plan,
         signal_urls=_signal_urls(participant, condition, reservation.plan),
-        submit_url=url_for("participant.submit_trial", token=token, reservation_id=reservation.public_id),
+        submit_url=url_for(
+            "participant.submit_trial",
+            token=token,
+            reservation_id=reservation.public_id,
+        ),
         csrf_token=csrf_token(participant.public_id),
         position=position,
         total=total,
         section=study.config.test_type_section,
         study_title=study.config.core.experiment.title,
+        audio_url=_asset_url_for(participant),
     )
 
 
@@ -198,7 +229,9 @@ def _render_trial(token: str, participant: Participant) -> Any:
             return redirect(participant_url(participant), code=303)
         if completed_count(session, participant.id) == 0:
             end_session(participant, "no_work")
-            logger.info("Participant %s found no work left in %s", participant.id, study.name)
+            logger.info(
+                "Participant %s found no work left in %s", participant.id, study.name
+            )
         else:
             advance(session, study, participant)
         finished = participant.step == DONE
@@ -210,19 +243,28 @@ def _render_trial(token: str, participant: Participant) -> Any:
     if reservation.first_served_at is None:
         session.execute(
             update(Reservation)
-            .where(Reservation.id == reservation.id, Reservation.first_served_at.is_(None))
+            .where(
+                Reservation.id == reservation.id, Reservation.first_served_at.is_(None)
+            )
             .values(first_served_at=utcnow())
         )
         session.commit()
     done = reservations.completed
-    page_data = _trial_page(token, participant, reservation, done, done + len(reservations))
-    return study.test_type.render_trial(page_data)
+    page_data = _trial_page(
+        token, participant, reservation, done, done + len(reservations)
+    )
+    html = study.test_type.render_trial(page_data)
+    # The page may have registered extra audio through page_data.audio_url.
+    db_session().commit()
+    return html
 
 
 def _render_training(token: str, participant: Participant) -> Any:
     study = current_study()
     condition = next(iter(study.conditions.values()))
-    rng = random.Random(f"{study.config.core.experiment.seed}:{participant.public_id}:training")
+    rng = random.Random(
+        f"{study.config.core.experiment.seed}:{participant.public_id}:training"
+    )
     plan = study.test_type.plan_trial(condition, rng, participant.sequence)
     page_data = TrialPage(
         condition=condition,
@@ -235,9 +277,15 @@ def _render_training(token: str, participant: Participant) -> Any:
         section=study.config.test_type_section,
         study_title=study.config.core.experiment.title,
         training=True,
-        continue_url=url_for("participant.submit_step", token=token, step_name="training"),
+        continue_url=url_for(
+            "participant.submit_step", token=token, step_name="training"
+        ),
+        audio_url=_asset_url_for(participant),
     )
-    return study.test_type.render_training(page_data)
+    html = study.test_type.render_training(page_data)
+    # The page may have registered extra audio through page_data.audio_url.
+    db_session().commit()
+    return html
 
 
 def _render_completion(participant: Participant) -> Any:
@@ -263,23 +311,35 @@ def submit_trial(token: str, reservation_id: str) -> Any:
     if participant is None:
         return json_error(404, "Unknown participant token.", "token")
     if not check_csrf(participant.public_id, request.headers.get("X-CAQE-CSRF")):
-        return json_error(403, "Missing or invalid X-CAQE-CSRF header. Reload the page.", "X-CAQE-CSRF")
+        return json_error(
+            403,
+            "Missing or invalid X-CAQE-CSRF header. Reload the page.",
+            "X-CAQE-CSRF",
+        )
     body = _json_object_body()
     if not isinstance(body, dict):
         return body
     key = body.get("idempotency_key")
     low, high = IDEMPOTENCY_KEY_LENGTH
     if not isinstance(key, str) or not low <= len(key) <= high:
-        return json_error(400, f"idempotency_key must be a string of {low} to {high} characters.", "idempotency_key")
+        return json_error(
+            400,
+            f"idempotency_key must be a string of {low} to {high} characters.",
+            "idempotency_key",
+        )
 
     session = db_session()
     replay = session.scalar(
-        select(Trial).where(Trial.participant_id == participant.id, Trial.idempotency_key == key)
+        select(Trial).where(
+            Trial.participant_id == participant.id, Trial.idempotency_key == key
+        )
     )
     if replay is not None:
         return replay.acknowledgement
 
-    reservation = session.scalar(select(Reservation).where(Reservation.public_id == reservation_id))
+    reservation = session.scalar(
+        select(Reservation).where(Reservation.public_id == reservation_id)
+    )
     if reservation is None:
         return json_error(404, f"Unknown trial {reservation_id!r}.", "trial")
     if reservation.participant_id != participant.id:
@@ -291,19 +351,32 @@ def submit_trial(token: str, reservation_id: str) -> Any:
         return json_error(403, "This trial is not assigned to you.", "trial")
     if reservation.status == "completed":
         # A replay that raced the first submission finds the trial only now.
-        answered = session.scalar(select(Trial).where(Trial.reservation_id == reservation.id))
+        answered = session.scalar(
+            select(Trial).where(Trial.reservation_id == reservation.id)
+        )
         if answered is not None and answered.idempotency_key == key:
             return answered.acknowledgement
-        return json_error(409, "This trial was already answered with another idempotency_key.", "trial")
+        return json_error(
+            409,
+            "This trial was already answered with another idempotency_key.",
+            "trial",
+        )
 
     study = current_study()
     page_data = _trial_page(token, participant, reservation, 0, 1)
     try:
         cleaned = study.test_type.validate_response(page_data, body.get("response"))
-        events = _validate_events(body.get("events", []), reservation.plan, study.test_type.event_types)
+        events = _validate_events(
+            body.get("events", []), reservation.plan, study.test_type.event_types
+        )
         time_on_page = _validate_time(body.get("time_on_page_ms"))
     except ResponseError as error:
-        logger.info("Rejected response of participant %s for reservation %s: %s", participant.id, reservation.id, error)
+        logger.info(
+            "Rejected response of participant %s for reservation %s: %s",
+            participant.id,
+            reservation.id,
+            error,
+        )
         return json_error(422, error.message, error.field)
 
     acknowledgement = {
@@ -324,7 +397,9 @@ def submit_trial(token: str, reservation_id: str) -> Any:
     try:
         session.flush()
         _complete_reservation(session, reservation)
-        signals = {signal["id"]: signal["stimulus"] for signal in reservation.plan["signals"]}
+        signals = {
+            signal["id"]: signal["stimulus"] for signal in reservation.plan["signals"]
+        }
         for sequence, event in enumerate(events):
             session.add(
                 ListeningEvent(
@@ -336,7 +411,11 @@ def submit_trial(token: str, reservation_id: str) -> Any:
                     position=event.get("position"),
                     signal=event.get("to") or event.get("signal"),
                     stimulus_key=signals.get(event.get("to") or event.get("signal")),
-                    data={key: value for key, value in event.items() if key not in ("type", "time", "position")},
+                    data={
+                        key: value
+                        for key, value in event.items()
+                        if key not in ("type", "time", "position")
+                    },
                 )
             )
         session.commit()
@@ -344,12 +423,19 @@ def submit_trial(token: str, reservation_id: str) -> Any:
         # A concurrent replay of the same submission won the race; answer as it did.
         session.rollback()
         existing = session.scalar(
-            select(Trial).where(Trial.participant_id == participant.id, Trial.idempotency_key == key)
+            select(Trial).where(
+                Trial.participant_id == participant.id, Trial.idempotency_key == key
+            )
         )
         if existing is not None:
             return existing.acknowledgement
         return json_error(409, "This trial was already answered.", "trial")
-    logger.info("Stored trial %s of participant %s (condition %s)", trial.id, participant.id, reservation.condition_id)
+    logger.info(
+        "Stored trial %s of participant %s (condition %s)",
+        trial.id,
+        participant.id,
+        reservation.condition_id,
+    )
     if study.registry.hook.trial_stored.get_hookimpls():
         experiment = session.get(Experiment, study.experiment_id)
         study.registry.hook.trial_stored(
@@ -367,7 +453,9 @@ def _complete_reservation(session: Any, reservation: Reservation) -> None:
     status it read, so the condition's load is changed exactly once.
     """
     for _ in range(5):
-        status = session.scalar(select(Reservation.status).where(Reservation.id == reservation.id))
+        status = session.scalar(
+            select(Reservation.status).where(Reservation.id == reservation.id)
+        )
         result = session.execute(
             update(Reservation)
             .where(Reservation.id == reservation.id, Reservation.status == status)
@@ -379,10 +467,14 @@ def _complete_reservation(session: Any, reservation: Reservation) -> None:
         if status == "expired":
             # The answer is kept even though its slot was given back; the
             # condition may end one trial above its target.
-            logger.info("Accepting a late response for expired reservation %s", reservation.id)
+            logger.info(
+                "Accepting a late response for expired reservation %s", reservation.id
+            )
             change_load(session, reservation.condition_id, 1)
         return
-    raise RuntimeError(f"reservation {reservation.id} kept changing while it was completed")
+    raise RuntimeError(
+        f"reservation {reservation.id} kept changing while it was completed"
+    )
 
 
 def _json_object_body() -> Any:
@@ -396,12 +488,18 @@ def _json_object_body() -> Any:
     data = request.get_data(cache=True)
     if request.content_length is None and len(data) >= MAX_REQUEST_BYTES:
         # Werkzeug cuts a chunked body off at the limit instead of rejecting it.
-        return json_error(413, f"The request body is larger than {MAX_REQUEST_BYTES} bytes.", "body")
+        return json_error(
+            413, f"The request body is larger than {MAX_REQUEST_BYTES} bytes.", "body"
+        )
     try:
         body = json.loads(data, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as error:
-        message = "nested too deeply" if isinstance(error, RecursionError) else str(error)
-        return json_error(400, f"The request body is not valid JSON: {message}.", "body")
+        message = (
+            "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        )
+        return json_error(
+            400, f"The request body is not valid JSON: {message}.", "body"
+        )
     if not isinstance(body, dict):
         return json_error(400, "The request body must be a JSON object.", "body")
     return body
@@ -413,11 +511,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _validate_events(events: Any, plan: dict[str, Any], allowed: frozenset[str]) -> list[dict[str, Any]]:
+def _validate_events(
+    events: Any, plan: dict[str, Any], allowed: frozenset[str]
+) -> list[dict[str, Any]]:
     if not isinstance(events, list):
         raise ResponseError("events", "must be a list of event objects.")
     if len(events) > MAX_EVENTS:
-        raise ResponseError("events", f"at most {MAX_EVENTS} events are accepted per trial.")
+        raise ResponseError(
+            "events", f"at most {MAX_EVENTS} events are accepted per trial."
+        )
     labels = [signal["id"] for signal in plan["signals"]]
     cleaned = []
     for index, event in enumerate(events):
@@ -425,17 +527,25 @@ def _validate_events(events: Any, plan: dict[str, Any], allowed: frozenset[str])
         if not isinstance(event, dict):
             raise ResponseError(where, "must be an object.")
         if not isinstance(event.get("type"), str) or event["type"] not in allowed:
-            raise ResponseError(f"{where}.type", f"must be one of {', '.join(sorted(allowed))}.")
+            raise ResponseError(
+                f"{where}.type", f"must be one of {', '.join(sorted(allowed))}."
+            )
         time = event.get("time")
         if not _is_number(time) or time < 0:
-            raise ResponseError(f"{where}.time", "must be a non-negative number of milliseconds.")
+            raise ResponseError(
+                f"{where}.time", "must be a non-negative number of milliseconds."
+            )
         position = event.get("position")
         if position is not None and (not _is_number(position) or position < 0):
-            raise ResponseError(f"{where}.position", "must be a non-negative number of seconds.")
+            raise ResponseError(
+                f"{where}.position", "must be a non-negative number of seconds."
+            )
         for field in ("from", "to", "signal"):
             # A list or object never equals a label, so it is rejected here too.
             if event.get(field) is not None and event.get(field) not in labels:
-                raise ResponseError(f"{where}.{field}", "names no signal of this trial.")
+                raise ResponseError(
+                    f"{where}.{field}", "names no signal of this trial."
+                )
         extra = {key: value for key, value in event.items() if _is_scalar(value)}
         if len(extra) > 20:
             raise ResponseError(where, "has too many fields.")
@@ -452,7 +562,11 @@ def _validate_time(value: Any) -> float | None:
 
 
 def _is_number(value: Any) -> TypeGuard[int | float]:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
 
 
 def _is_scalar(value: Any) -> bool:
@@ -464,5 +578,8 @@ def participant_state(token: str) -> Any:
     participant = _load_participant(token)
     if participant is None:
         return json_error(404, "Unknown participant token.", "token")
-    return {"step": participant.step, "status": participant.status, "next": url_for("participant.page", token=token)}
-
+    return {
+        "step": participant.step,
+        "status": participant.status,
+        "next": url_for("participant.page", token=token),
+    }

@@ -171,7 +171,7 @@ class MushraTestType(TestType):
                 {"id": signal_id, "url": page.signal_urls[signal_id]}
                 for signal_id in rated
             ],
-            "examples": training_examples(section),
+            "examples": training_examples(section, page),
             "fadeMs": section.fade_ms,
         }
         return render_template(
