@@ -154,3 +154,43 @@ def serve(
     finally:
         served.stop()
         set_registry(None)
+
+
+def pairwise_study(folder: Path, **sections: Any) -> Path:
+    """Write a one-page pairwise study of noise stimuli and return the config path.
+
+    Keyword arguments replace top-level sections of the config.
+    """
+    systems = {}
+    write_noise(folder / "audio" / "reference.wav", seed=1)
+    for index, name in enumerate(["codec_x", "codec_y", "codec_z"]):
+        write_noise(folder / "audio" / f"{name}.wav", seed=index + 2)
+        systems[name] = f"{name}.wav"
+    config: dict[str, Any] = {
+        "experiment": {"name": "adversarial-pairwise", "title": "Pairwise"},
+        "test_type": "pairwise",
+        "audio": {"root": "audio"},
+        "assignment": {"conditions_per_participant": 1, "trials_per_condition": 5},
+        "flow": {"steps": ["consent", "trials"]},
+        "pairwise": {
+            "items": [
+                {"name": "item0", "reference": "reference.wav", "systems": systems}
+            ],
+            "pairs_per_participant": 3,
+            "repeats": 0,
+        },
+    }
+    config.update(sections)
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def pairwise_settings(page_html: str) -> dict[str, Any]:
+    match = re.search(
+        r'<script type="application/json" id="pairwise-settings">(.*?)</script>',
+        page_html,
+        re.DOTALL,
+    )
+    assert match, "the page is a pairwise trial page"
+    return json.loads(match.group(1))
