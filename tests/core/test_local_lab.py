@@ -320,7 +320,7 @@ CHROMIUM_ARGS = [
 
 @pytest.mark.browser
 def test_kiosk_browser_returns_to_start(
-    serve_lab: Callable[..., ServedStudy], tmp_path: Path
+    serve_lab: Callable[..., ServedStudy], tmp_path: Path, playwright_instance: Any
 ) -> None:
     """In Chromium, the end page of a kiosk session goes back to the start page by itself."""
     if not CHROMIUM.exists():
@@ -328,25 +328,24 @@ def test_kiosk_browser_returns_to_start(
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)
-    from playwright.sync_api import sync_playwright
 
     served = serve_lab(kiosk=True, kiosk_delay_seconds=1)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
-        )
-        try:
-            page = browser.new_page()
-            page.goto(f"{served.url}/")
-            page.click("#start")
-            page.wait_for_selector("#agree")
-            page.click("button[name=decline]")
-            page.wait_for_selector("text=The next session starts in 1 second.")
-            page.screenshot(path=str(tmp_path / "kiosk-end.png"))
-            page.wait_for_url(f"{served.url}/lab/", timeout=15_000)
-            page.wait_for_selector("#start")
-            page.screenshot(path=str(tmp_path / "kiosk-start.png"))
-        finally:
-            browser.close()
+    playwright = playwright_instance
+    browser = playwright.chromium.launch(
+        executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+    )
+    try:
+        page = browser.new_page()
+        page.goto(f"{served.url}/")
+        page.click("#start")
+        page.wait_for_selector("#agree")
+        page.click("button[name=decline]")
+        page.wait_for_selector("text=The next session starts in 1 second.")
+        page.screenshot(path=str(tmp_path / "kiosk-end.png"))
+        page.wait_for_url(f"{served.url}/lab/", timeout=15_000)
+        page.wait_for_selector("#start")
+        page.screenshot(path=str(tmp_path / "kiosk-start.png"))
+    finally:
+        browser.close()
 
     assert [row.status for row in participants(served)] == ["screened_out"]

@@ -161,3 +161,17 @@ def test_every_command_documented(registry: Registry) -> None:
     assert not missing, "commands not mentioned in docs/ or README.md:\n" + "\n".join(
         missing
     )
+
+
+def test_browser_tests_share_one_driver() -> None:
+    """Only tests/conftest.py starts Playwright; a second sync driver cannot start."""
+    tests_dir = Path(__file__).resolve().parents[1]
+    offenders = [
+        str(path.relative_to(tests_dir))
+        for path in tests_dir.rglob("*.py")
+        if path != tests_dir / "conftest.py" and "sync_playwright(" in path.read_text()
+    ]
+    assert not offenders, (
+        "use the playwright_instance fixture instead of sync_playwright() in: "
+        + ", ".join(offenders)
+    )
