@@ -84,17 +84,26 @@ def find_clipping(data: np.ndarray) -> int | None:
     return None
 
 
+SERVE_FORMATS = {"wav": ("WAV", ".wav"), "flac": ("FLAC", ".flac")}
+
+
 def prepare_copy(
-    data: np.ndarray, rate: int, prepared_dir: Path, salt: str | None = None
+    data: np.ndarray,
+    rate: int,
+    prepared_dir: Path,
+    salt: str | None = None,
+    serve_format: str = "wav",
 ) -> tuple[Path, str]:
-    """Write audio as 16-bit FLAC without tags; return its path and content hash.
+    """Write audio as 16-bit PCM without tags; return its path and content hash.
 
     Serving these copies keeps file names and tags (which may name a system)
     away from the listener. The file is named by the hash of its samples,
-    or with ``salt`` by a hash of both. A salted copy also carries a comment
-    of random-looking padding whose length depends on the salt, so two
-    copies of the same samples differ in bytes and size.
+    or with ``salt`` by a hash of both, so two stimuli with the same samples
+    get files of their own. WAV copies of equally long signals have equal
+    sizes; FLAC copies are about half as large, but their sizes follow the
+    content, which can reveal a low-pass anchor.
     """
+    file_format, suffix = SERVE_FORMATS[serve_format]
     pcm = np.clip(np.round(data * 32767.0), -32768, 32767).astype("<i2")
     digest = hashlib.sha256(
         pcm.tobytes() + struct.pack("<II", rate, data.shape[1])
@@ -105,22 +114,45 @@ def prepare_copy(
         else hashlib.sha256(f"{digest}\0{salt}".encode()).hexdigest()
     )
     prepared_dir.mkdir(parents=True, exist_ok=True)
-    target = prepared_dir / f"{name[:32]}.flac"
+    target = prepared_dir / f"{name[:32]}{suffix}"
     if not target.exists():
         # A name of its own per writer: two processes may prepare the same
         # file at once, and the rename makes whichever finishes last win.
         partial = target.with_name(
             f"{target.stem}.{os.getpid()}.{secrets.token_hex(4)}.partial"
         )
-        with sf.SoundFile(
-            str(partial), "w", rate, data.shape[1], subtype="PCM_16", format="FLAC"
-        ) as handle:
-            if salt is not None:
-                padding = hashlib.sha512(name.encode()).hexdigest()
-                handle.comment = (padding * 32)[: 16 + int(name[:4], 16) % 2048]
-            handle.write(pcm)
+        if file_format == "WAV":
+            _write_wav(partial, pcm, rate, padding=int(name[32:36], 16) % 1024 * 2)
+        else:
+            sf.write(str(partial), pcm, rate, subtype="PCM_16", format=file_format)
         partial.replace(target)
     return target, digest
+
+
+def _write_wav(path: Path, pcm: np.ndarray, rate: int, padding: int) -> None:
+    """Write 16-bit PCM WAV with a JUNK chunk of ``padding`` zero bytes.
+
+    The padding differs per file (it comes from the salted name), so copies
+    of the same samples differ in bytes, and sizes vary by an amount that
+    says nothing about the content. Decoders skip JUNK chunks (RIFF).
+    """
+    channels = pcm.shape[1]
+    data = pcm.astype("<i2").tobytes()
+    fmt = struct.pack(
+        "<HHIIHH", 1, channels, rate, rate * channels * 2, channels * 2, 16
+    )
+    chunks = (
+        b"fmt "
+        + struct.pack("<I", len(fmt))
+        + fmt
+        + b"JUNK"
+        + struct.pack("<I", padding)
+        + bytes(padding)
+        + b"data"
+        + struct.pack("<I", len(data))
+        + data
+    )
+    path.write_bytes(b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks)
 
 
 class AudioTokens:

@@ -86,6 +86,10 @@ class AudioConfig(Strict):
     length_tolerance_ms: float = Field(default=0, ge=0, le=1000)
     """Allowed length difference between the stimuli of one trial."""
     allow_clipping: bool = False
+    serve_format: Literal["wav", "flac"] = "wav"
+    """Format of the served copies. WAV gives every stimulus of a trial the
+    same file size; FLAC halves the bytes, but its sizes follow the content
+    and can reveal a low-pass anchor to a listener who reads file sizes."""
 
 
 class FlowConfig(Strict):

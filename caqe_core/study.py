@@ -300,6 +300,7 @@ def prepare_study(
                 rate,
                 prepared_dir(data_dir),
                 salt=f"{config.name}\0{spec.key}\0{stimulus.key}",
+                serve_format=config.core.audio.serve_format,
             )
 
     study_hash = _study_hash(config, checked, prepared)

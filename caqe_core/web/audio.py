@@ -67,17 +67,28 @@ def serve(token: str) -> Any:
     paths = state().audio_paths
     path = paths.get(stimulus_id)
     if path is None:
-        row = db_session().execute(
-            select(Stimulus.path, Stimulus.experiment_id).where(Stimulus.id == stimulus_id)
-        ).first()
+        row = (
+            db_session()
+            .execute(
+                select(Stimulus.path, Stimulus.experiment_id).where(
+                    Stimulus.id == stimulus_id
+                )
+            )
+            .first()
+        )
         if row is None or row.experiment_id != current_study().experiment_id:
             abort(404, "Unknown audio URL.")
         path = Path(row.path)
         paths[stimulus_id] = path
     if not path.exists():
-        logger.error("Prepared audio file of stimulus %s is missing: %s", stimulus_id, path)
+        logger.error(
+            "Prepared audio file of stimulus %s is missing: %s", stimulus_id, path
+        )
         abort(404, "The audio file is missing on the server.")
-    response = send_file(path, mimetype="audio/flac", conditional=True, etag=True, max_age=86400)
+    mimetype = "audio/flac" if path.suffix == ".flac" else "audio/wav"
+    response = send_file(
+        path, mimetype=mimetype, conditional=True, etag=True, max_age=86400
+    )
     response.headers["Cache-Control"] = "private, max-age=86400, immutable"
     response.headers.pop("Content-Disposition", None)
     return response

@@ -87,12 +87,6 @@ def test_hidden_reference_not_identifiable(
         ), signal_id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Served file size ranks the signals: prepare_copy() writes lossless "
-    "FLAC, so a low-pass anchor or a band-limited codec compresses to a much "
-    "smaller file, and Content-Length tells the listener which signal it is.",
-)
 def test_signal_sizes_do_not_rank(
     tmp_path: Path, sqlite_url: str, registry: Registry
 ) -> None:

@@ -113,14 +113,14 @@ def test_audio_response_hides_names(served_secret: ServedStudy) -> None:
     for signal in trial["signals"]:
         answer = http.get(served_secret.url + signal["url"])
         assert answer.status_code == 200
-        assert answer.headers["Content-Type"] == "audio/flac"
+        assert answer.headers["Content-Type"] == "audio/wav"
         assert "Content-Disposition" not in answer.headers
-        # Content-Type is audio/flac, so only names and extensions are checked.
+        # Content-Type is audio/wav, so only names and extensions are checked.
         assert_no_secret(json.dumps(dict(answer.headers)), "the headers", paths=False)
         lowered = answer.content.lower()
         for name in SECRET_NAMES:
             assert name.encode() not in lowered, (
-                f"{name!r} appears in the served FLAC bytes"
+                f"{name!r} appears in the served audio bytes"
             )
         assert b"artist" not in lowered
         assert b"made by" not in lowered
@@ -221,6 +221,7 @@ def test_tampered_token(served_secret: ServedStudy, change: str) -> None:
 
     assert answer.status_code == 404
     assert b"fLaC" not in answer.content
+    assert b"RIFF" not in answer.content
 
 
 def test_two_studies_in_one_process(tmp_path: Path, registry: Registry) -> None:
@@ -244,7 +245,7 @@ def test_two_studies_in_one_process(tmp_path: Path, registry: Registry) -> None:
         for name, study in (("low", low), ("high", high)):
             prepared = {
                 path.read_bytes()
-                for path in (tmp_path / f"{name}-data" / "prepared").glob("*.flac")
+                for path in (tmp_path / f"{name}-data" / "prepared").glob("*.wav")
             }
             http, _, trial = start_trial(study.url)
             for signal in trial["signals"]:

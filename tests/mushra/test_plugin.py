@@ -891,7 +891,7 @@ def test_trial_page_hides_names(
         for url in urls:
             audio = http.get(base + url)
             assert audio.status_code == 200
-            assert audio.headers["Content-Type"] == "audio/flac"
+            assert audio.headers["Content-Type"] == "audio/wav"
             assert "Content-Disposition" not in audio.headers
             headers = json.dumps(dict(audio.headers)).lower()
             for secret in DEMO_NAMES:
