@@ -28,6 +28,10 @@ class _Application(BaseApplication):  # type: ignore[misc]
     def load_config(self) -> None:
         for key, value in self.options.items():
             self.cfg.set(key, value)
+        if "control_socket_disable" in self.cfg.settings:
+            # Gunicorn 25.1 and newer open one control socket per user at a
+            # fixed path, which two studies served at once would share.
+            self.cfg.set("control_socket_disable", True)
 
     def load(self) -> Any:
         return self.application
