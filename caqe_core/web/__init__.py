@@ -72,7 +72,23 @@ def csrf_token(public_id: str) -> str:
 
 
 def check_csrf(public_id: str, value: str | None) -> bool:
-    return bool(value) and hmac.compare_digest(csrf_token(public_id), value or "")
+    """Return whether ``value`` is the CSRF token of the participant ``public_id``."""
+    if not value:
+        return False
+    return compare_secret(value, csrf_token(public_id))
+
+
+def compare_secret(given: str, expected: str) -> bool:
+    """Compare a secret from a request with the expected one in constant time.
+
+    ``hmac.compare_digest`` raises TypeError on a str with non-ASCII
+    characters, so both sides are compared as UTF-8 bytes. Lone surrogates,
+    which a JSON body may contain, are encoded with ``surrogatepass``.
+    """
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"),
+        expected.encode("utf-8", "surrogatepass"),
+    )
 
 
 def json_error(status: int, message: str, field: str | None = None) -> Any:

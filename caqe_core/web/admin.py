@@ -7,7 +7,6 @@ of HTTP basic authentication. Without it the response is 401.
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, render_template, request
@@ -16,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from caqe_core.models import Participant
 from caqe_core.progress import progress_summary
-from caqe_core.web import current_study, db_session, state
+from caqe_core.web import compare_secret, current_study, db_session, state
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -29,7 +28,7 @@ def _authorised() -> bool:
     given = request.args.get("token") or request.headers.get("X-CAQE-Admin-Token")
     if not given and request.authorization is not None:
         given = request.authorization.password
-    return bool(given) and hmac.compare_digest(given or "", expected)
+    return bool(given) and compare_secret(given or "", expected)
 
 
 @bp.before_request

@@ -43,12 +43,6 @@ def test_admin_with_password(served_scale: ServedStudy) -> None:
     assert answer.json()["experiment"] == "scale-study"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Non-ASCII admin password: admin._authorised() passes a str with "
-    "non-ASCII characters to hmac.compare_digest(), which raises TypeError "
-    "and answers 500 instead of 401.",
-)
 @pytest.mark.parametrize("path", ADMIN_PATHS)
 def test_admin_non_ascii_password(served_scale: ServedStudy, path: str) -> None:
     by_query = requests.get(served_scale.url + path, params={"token": "\u00e9"})

@@ -94,12 +94,6 @@ def test_huge_integer_extra_event_field(served_scale: ServedStudy) -> None:
     assert answer.status_code in (200, 422), answer.text[:200]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Non-ASCII X-CAQE-CSRF header: check_csrf() passes a str with "
-    "non-ASCII characters to hmac.compare_digest(), which raises TypeError "
-    "and answers 500.",
-)
 def test_non_ascii_csrf_header(served_scale: ServedStudy) -> None:
     listener = start_listener(served_scale.url)
     agree(listener)
@@ -115,11 +109,6 @@ def test_non_ascii_csrf_header(served_scale: ServedStudy) -> None:
     assert answer.json()["field"] == "X-CAQE-CSRF"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Non-ASCII csrf_token form field: check_csrf() raises TypeError in "
-    "hmac.compare_digest() and the step form answers 500.",
-)
 def test_non_ascii_csrf_form_field(served_scale: ServedStudy) -> None:
     listener = start_listener(served_scale.url)
     listener.page()
