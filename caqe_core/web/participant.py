@@ -562,11 +562,21 @@ def _validate_time(value: Any) -> float | None:
 
 
 def _is_number(value: Any) -> TypeGuard[int | float]:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
+    """Return whether ``value`` is a JSON number that converts to a finite float.
+
+    JSON allows integers of any size, and Python parses them as int. One
+    beyond float range (such as 10**400) is rejected here, because
+    ``float()`` and ``math.isfinite()`` raise OverflowError on it.
+    """
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        try:
+            float(value)
+        except OverflowError:
+            return False
+        return True
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def _is_scalar(value: Any) -> bool:
