@@ -502,7 +502,55 @@ def _json_object_body() -> Any:
         )
     if not isinstance(body, dict):
         return json_error(400, "The request body must be a JSON object.", "body")
+    invalid = _find_invalid_text(body)
+    if invalid is not None:
+        return json_error(
+            400,
+            f"{invalid} contains a NUL character or an unpaired UTF-16 surrogate "
+            "(such as \\udc80), which cannot be stored. Send valid Unicode text.",
+            invalid,
+        )
     return body
+
+
+def _find_invalid_text(body: dict[str, Any]) -> str | None:
+    """Return the field of the first string or key that cannot be stored, or None.
+
+    JSON escapes can spell a lone surrogate ("\\udc80"), which has no UTF-8
+    encoding, so the database insert or a later export fails on it.
+    PostgreSQL text and JSON columns also reject the NUL character. The walk
+    uses its own stack because the body may be nested as deep as the JSON
+    parser allows.
+    """
+    stack: list[tuple[str, Any]] = [("", body)]
+    while stack:
+        field, value = stack.pop()
+        if isinstance(value, str):
+            if not _is_storable_text(value):
+                return field
+        elif isinstance(value, dict):
+            children = []
+            for key, item in value.items():
+                if not _is_storable_text(key):
+                    return field or "body"
+                children.append((f"{field}.{key}" if field else key, item))
+            stack.extend(reversed(children))
+        elif isinstance(value, list):
+            stack.extend(
+                (f"{field}[{index}]", item)
+                for index, item in reversed(list(enumerate(value)))
+            )
+    return None
+
+
+def _is_storable_text(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _reject_constant(name: str) -> Any:

@@ -103,11 +103,6 @@ def test_non_ascii_csrf_form_field(served_scale: ServedStudy) -> None:
     assert answer.status_code == 403, answer.text[:200]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Lone surrogate in idempotency_key: the key cannot be encoded as "
-    "UTF-8 for the database, and the insert answers 500.",
-)
 def test_lone_surrogate_idempotency_key(served_scale: ServedStudy) -> None:
     listener = start_listener(served_scale.url)
     agree(listener)
@@ -122,11 +117,6 @@ def test_lone_surrogate_idempotency_key(served_scale: ServedStudy) -> None:
     assert answer.json()["field"] == "idempotency_key"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Lone surrogate in an event string is stored, and then 'caqe results "
-    "export' and 'caqe analyze' fail with UnicodeEncodeError for the whole study.",
-)
 def test_lone_surrogate_event_string(served_scale: ServedStudy) -> None:
     listener = start_listener(served_scale.url)
     agree(listener)
@@ -142,11 +132,6 @@ def test_lone_surrogate_event_string(served_scale: ServedStudy) -> None:
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    reason="NUL character in idempotency_key: PostgreSQL text columns reject "
-    "0x00, and the insert answers 500.",
-)
 def test_nul_idempotency_key_postgres(
     tmp_path: Path, postgres_url: str, registry: Registry
 ) -> None:

@@ -425,6 +425,32 @@ BAD_REQUESTS: list[tuple[str, Any, int, str]] = [
         422,
         "time_on_page_ms",
     ),
+    (
+        "lone surrogate in event field",
+        lambda trial: _response(trial, events=_event(trial, note="\udc80")),
+        400,
+        "events[0].note",
+    ),
+    (
+        "lone surrogate in key",
+        lambda trial: _response(trial, events=_event(trial, **{"\ud800": 1})),
+        400,
+        "events[0]",
+    ),
+    (
+        "nul in rating",
+        lambda trial: _response(trial, response=_ratings(trial, "5\x00")),
+        400,
+        None,
+    ),
+    (
+        "integer beyond float range",
+        lambda trial: json.dumps(_response(trial, time_on_page_ms=7)).replace(
+            '"time_on_page_ms": 7', '"time_on_page_ms": 1' + "0" * 400
+        ),
+        422,
+        "time_on_page_ms",
+    ),
     ("oversized body", lambda trial: _oversized(), 413, "body"),
     ("oversized chunked body", lambda trial: _oversized_chunked, 413, "body"),
 ]
