@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import reprlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -261,18 +262,28 @@ def _validate_ratings(ratings: Any, expected: list[str]) -> dict[str, float]:
                 "is missing; rate every stimulus of the page.",
             )
         value = ratings[signal_id]
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-            or not RATING_MIN <= value <= RATING_MAX
-        ):
+        if not _is_finite_number(value) or not RATING_MIN <= value <= RATING_MAX:
             raise ResponseError(
                 f"response.ratings.{signal_id}",
-                f"must be a number from {RATING_MIN:g} to {RATING_MAX:g}, got {value!r}.",
+                f"must be a number from {RATING_MIN:g} to {RATING_MAX:g}, "
+                f"got {reprlib.repr(value)}.",
             )
         cleaned[signal_id] = float(value)
     return cleaned
+
+
+def _is_finite_number(value: Any) -> bool:
+    """Return True for an int or float that converts to a finite float.
+
+    JSON integers have no size limit, and ``math.isfinite`` raises
+    OverflowError on an int beyond the float range (about 1.8e308).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _validate_order(order: Any, expected: list[str]) -> list[str]:
@@ -300,12 +311,7 @@ def _validate_loop(loop: Any) -> dict[str, float] | None:
     values = {}
     for key in ("start", "end"):
         value = loop[key]
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-            or value < 0
-        ):
+        if not _is_finite_number(value) or value < 0:
             raise ResponseError(
                 f"response.loop.{key}", "must be a non-negative number of seconds."
             )

@@ -288,11 +288,17 @@ def _requirement(section: PairwiseConfig) -> str:
 
 
 def _is_number(value: Any) -> TypeGuard[int | float]:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
+    """Return True for an int or float that converts to a finite float.
+
+    JSON integers have no size limit, and ``math.isfinite`` raises
+    OverflowError on an int beyond the float range (about 1.8e308).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _is_index(value: Any) -> TypeGuard[int]:

@@ -50,11 +50,6 @@ def mushra_body(settings: dict[str, Any], rating: Any = 50) -> dict[str, Any]:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Huge integer MUSHRA rating: _validate_ratings() calls math.isfinite() "
-    "on an int beyond float range, which raises OverflowError and answers 500.",
-)
 def test_mushra_huge_integer_rating(
     tmp_path: Path, sqlite_url: str, registry: Registry
 ) -> None:
@@ -111,12 +106,6 @@ def pairwise_body(settings: dict[str, Any], decision: Any) -> dict[str, Any]:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Huge integer pairwise decision_time_ms: _is_number() in "
-    "caqe_pairwise.responses calls math.isfinite() on an int beyond float "
-    "range, which raises OverflowError and answers 500.",
-)
 def test_pairwise_huge_integer_decision_time(
     tmp_path: Path, sqlite_url: str, registry: Registry
 ) -> None:

@@ -557,8 +557,16 @@ def _judgement_changed(index: int, **changes: Any) -> dict[str, Any]:
             "response.judgements[2].decision_time_ms",
         ),
         (
+            _judgement_changed(2, decision_time_ms=10**400),
+            "response.judgements[2].decision_time_ms",
+        ),
+        (
             _judgement_changed(2, played_seconds={"a": 0.4, "b": 2.0}),
             "response.judgements[2].played_seconds.a",
+        ),
+        (
+            _judgement_changed(1, played_seconds={"a": 2.0, "b": 10**400}),
+            "response.judgements[1].played_seconds.b",
         ),
         (
             _judgement_changed(0, played_seconds={"a": 2.0}),
@@ -638,6 +646,16 @@ def test_heard_seconds_follow_play_stop_and_switch() -> None:
     assert heard[(0, "s2")] == pytest.approx(0.5)
     assert heard[(1, "s1")] == pytest.approx(0.5)
     assert (1, "s2") not in heard
+
+
+def test_heard_seconds_skip_huge_times() -> None:
+    events = [
+        {"type": "play", "time": 100, "pair": 0, "signal": "s1"},
+        {"type": "stop", "time": 10**400, "pair": 0, "signal": "s1"},
+        {"type": "choice", "time": 600, "pair": 0, "choice": "a", "signal": "s1"},
+    ]
+    heard = heard_seconds_from_events(events)
+    assert heard == {(0, "s1"): pytest.approx(0.5)}
 
 
 def test_min_play_zero_still_needs_playback() -> None:
