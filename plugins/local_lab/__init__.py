@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from flask import Blueprint, redirect, render_template, request, url_for
+from flask import Blueprint, abort, redirect, render_template, request, url_for
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -70,6 +70,14 @@ class LocalLab(Recruiter):
 
 
 bp = Blueprint("local_lab", __name__, url_prefix="/lab", template_folder="templates")
+
+
+@bp.before_request
+def _require_lab_study() -> None:
+    # Another recruiter's study must not get an anonymous way in, since that
+    # would skip its entry checks (MTurk's worker and assignment checks).
+    if current_study().config.core.recruiter != NAME:
+        abort(404, "This study does not recruit lab participants.")
 
 
 def _section() -> LocalLabConfig:

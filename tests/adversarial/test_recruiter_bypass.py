@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import requests
 from sqlalchemy import func, select
 
@@ -14,12 +13,6 @@ from tests.adversarial.helpers import serve
 from tests.support.studies import scale_study
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="The local_lab entry serves every study: POST /lab/ on a study that "
-    "recruits on MTurk starts an anonymous participant, bypassing the worker "
-    "checks of the MTurk entry and filling trial slots outside any HIT.",
-)
 def test_lab_entry_closed_for_mturk(
     tmp_path: Path, sqlite_url: str, registry: Registry
 ) -> None:
