@@ -221,8 +221,11 @@ def _trial_page(
 
 def _render_trial(token: str, participant: Participant) -> Any:
     study = current_study()
-    reservations = ensure_reservations(state().session_factory, study, participant.id)
     session = db_session()
+    # Ends the read transaction so its connection goes back to the pool while
+    # assignment uses one of its own; holding both could exhaust the pool.
+    session.commit()
+    reservations = ensure_reservations(state().session_factory, study, participant.id)
     if not reservations:
         if not claim_step(session, participant):
             session.rollback()
