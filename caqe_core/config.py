@@ -253,6 +253,21 @@ def _custom_error(loc: tuple[Any, ...], value: Any, message: str) -> InitErrorDe
     )
 
 
+_CSP_SCHEME = r"[a-z][a-z0-9+.\-]*"
+_CSP_HOST = r"(?:\*|(?:\*\.)?[a-z0-9\-]+(?:\.[a-z0-9\-]+)*\.?)"
+_CSP_PORT = r"(?:[0-9]+|\*)"
+_CSP_PATH = r"/[a-z0-9\-._~%!$&()*+=:@/]*"
+CSP_ANCESTOR_SOURCE = re.compile(
+    rf"'self'|'none'|{_CSP_SCHEME}:"
+    rf"|(?:{_CSP_SCHEME}://)?{_CSP_HOST}(?::{_CSP_PORT})?(?:{_CSP_PATH})?",
+    re.IGNORECASE,
+)
+"""Pattern of one source of the CSP frame-ancestors directive: 'self', 'none',
+a scheme-source or a host-source, as MDN's frame-ancestors reference lists
+them. Whitespace, ';' and ',' never match, so a value cannot end the
+directive or start another header line."""
+
+
 class WebConfig(Strict):
     frame_ancestors: list[str] = Field(
         default_factory=lambda: [
@@ -263,6 +278,37 @@ class WebConfig(Strict):
         ]
     )
     """Origins allowed to frame participant pages (CSP frame-ancestors)."""
+
+    @model_validator(mode="after")
+    def _check_frame_ancestors(self) -> WebConfig:
+        problems: list[InitErrorDetails] = []
+        for index, source in enumerate(self.frame_ancestors):
+            message = _frame_ancestor_problem(source, len(self.frame_ancestors))
+            if message is not None:
+                problems.append(
+                    _custom_error(("frame_ancestors", index), source, message)
+                )
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
+        return self
+
+
+def _frame_ancestor_problem(source: str, count: int) -> str | None:
+    """Return why ``source`` is not a CSP frame-ancestors source, or None."""
+    if source.lower() in ("self", "none"):
+        return (
+            f"a bare {source} is read as a host name, so write the keyword in single "
+            f"quotes, as \"'{source.lower()}'\" in YAML"
+        )
+    if not CSP_ANCESTOR_SOURCE.fullmatch(source):
+        return (
+            "not a Content-Security-Policy frame-ancestors source. Use 'self', "
+            "'none', a scheme such as 'https:' or a host such as "
+            "'https://*.example.org:8443', without spaces, ';' or ','"
+        )
+    if source.lower() == "'none'" and count > 1:
+        return "'none' forbids all framing, so it must be the only entry"
+    return None
 
 
 class CoreConfig(Strict):

@@ -299,6 +299,27 @@ CASES = [
         ["web.frame_ancestors", "'self'", "list"],
     ),
     Case(
+        "frame ancestor keyword without quotes",
+        edit("flow:\n", "web:\n  frame_ancestors:\n    - self  #<\nflow:\n"),
+        ["web.frame_ancestors[0]", "'self'", "single quotes"],
+    ),
+    Case(
+        "frame ancestor with a directive",
+        edit(
+            "flow:\n",
+            "web:\n  frame_ancestors:\n    - \"'self'; script-src *\"  #<\nflow:\n",
+        ),
+        ["web.frame_ancestors[0]", "script-src", "';'"],
+    ),
+    Case(
+        "frame ancestor 'none' with others",
+        edit(
+            "flow:\n",
+            "web:\n  frame_ancestors:\n    - \"'self'\"\n    - \"'none'\"  #<\nflow:\n",
+        ),
+        ["web.frame_ancestors[1]", "only entry"],
+    ),
+    Case(
         "unclosed bracket",
         edit("  steps: [consent, trials]\n", "  steps: [consent, trials\n"),
         ["invalid YAML", "flow sequence", "line 11"],
