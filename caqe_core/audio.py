@@ -84,6 +84,14 @@ def find_clipping(data: np.ndarray) -> int | None:
     return None
 
 
+def find_non_finite(data: np.ndarray) -> int | None:
+    """Return the first frame with a NaN or infinite sample in any channel, or None."""
+    bad = ~np.isfinite(data).all(axis=1)
+    if not bad.any():
+        return None
+    return int(np.argmax(bad))
+
+
 SERVE_FORMATS = {"wav": ("WAV", ".wav"), "flac": ("FLAC", ".flac")}
 
 

@@ -24,11 +24,13 @@ from caqe_core.audio import (
     AudioError,
     AudioInfo,
     find_clipping,
+    find_non_finite,
     inspect_audio,
     prepare_copy,
     read_audio,
 )
 from caqe_core.config import (
+    AudioConfig,
     ConfigError,
     StudyConfig,
     format_problem,
@@ -232,14 +234,7 @@ def _check_condition(
                 f"{where}: {stimulus.path} has {info.channels} channels; at most "
                 f"{audio.max_channels} are allowed (audio.max_channels). Downmix the file."
             )
-        if not audio.allow_clipping:
-            data, _ = read_audio(stimulus.path, where)
-            frame = find_clipping(data)
-            if frame is not None:
-                problems.append(
-                    f"{where}: {stimulus.path} clips at {frame / info.sample_rate:.3f} s "
-                    f"(frame {frame}). Lower its level, or set audio.allow_clipping: true."
-                )
+        problems.extend(_check_samples(stimulus.path, info, where, audio))
         if len(problems) == reported:
             good.append((stimulus.key, info))
     if len(good) < 2:
@@ -266,6 +261,39 @@ def _check_condition(
                 f"{info.channels} channels but {first_key!r} has {first.channels}. Use one channel count."
             )
     return problems
+
+
+def _check_samples(
+    path: Path, info: AudioInfo, where: str, audio: AudioConfig
+) -> list[str]:
+    """Decode a stimulus and report undecodable data, NaN or infinity, and clipping.
+
+    The header alone does not show a truncated or corrupt file, so every
+    stimulus is decoded here, even with audio.allow_clipping set.
+    """
+    try:
+        data, _ = read_audio(path, where)
+    except AudioError as error:
+        return [str(error)]
+    frame = find_non_finite(data)
+    if frame is not None:
+        message = (
+            f"{where}: {path} has a NaN or infinite sample at "
+            f"{frame / info.sample_rate:.3f} s (frame {frame}), which has no "
+            "16-bit PCM value for the served copy. Export the file again from "
+            "its source."
+        )
+        return [message]
+    if audio.allow_clipping:
+        return []
+    frame = find_clipping(data)
+    if frame is not None:
+        message = (
+            f"{where}: {path} clips at {frame / info.sample_rate:.3f} s "
+            f"(frame {frame}). Lower its level, or set audio.allow_clipping: true."
+        )
+        return [message]
+    return []
 
 
 def prepared_dir(data_dir: Path) -> Path:

@@ -90,6 +90,19 @@ def _clipped(root: Path) -> None:
     write_wav(root / "item1" / "system1.wav", data)
 
 
+def _infinite_sample(root: Path) -> None:
+    data = tone()
+    data[6000] = np.inf
+    sf.write(str(root / "item1" / "system1.wav"), data, SAMPLE_RATE, subtype="FLOAT")
+
+
+def _truncated_flac(root: Path) -> None:
+    # libsndfile detects the format from the content, not from the name.
+    path = root / "item1" / "system0.wav"
+    sf.write(str(path), tone(), SAMPLE_RATE, format="FLAC")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
 def _three_channels(root: Path) -> None:
     write_wav(root / "item0" / "system1.wav", np.repeat(tone()[:, None], 3, axis=1))
 
@@ -422,6 +435,24 @@ CASES = [
         ),
         ["scale.items[1].stimuli.system1", "system1.wav", "clips at 0.250 s"],
         audio=_clipped,
+    ),
+    Case(
+        "infinite sample",
+        edit(
+            "        system1: item1/system1.wav\n",
+            "        system1: item1/system1.wav  #<\n",
+        ),
+        ["scale.items[1].stimuli.system1", "system1.wav", "0.375 s (frame 6000)"],
+        audio=_infinite_sample,
+    ),
+    Case(
+        "truncated flac with clipping allowed",
+        edit("  root: audio\n", "  root: audio\n  allow_clipping: true\n").replace(
+            "        system0: item1/system0.wav\n",
+            "        system0: item1/system0.wav  #<\n",
+        ),
+        ["scale.items[1].stimuli.system0", "system0.wav", "cannot decode"],
+        audio=_truncated_flac,
     ),
     Case(
         "too many channels",
