@@ -182,7 +182,8 @@ def _screening_section(
         "<p>Post-screening after ITU-R BS.1534-3: a listener is excluded who rates "
         "the hidden reference below 90 on more than 15 % of the pages, or the 7 kHz "
         "anchor above 90 on more than 15 % of the pages. A page on which more than "
-        "25 % of the listeners do so counts against no one.</p>"
+        "25 % of the listeners rate the 7 kHz anchor above 90 counts against no one "
+        "for that rule; every page counts for the hidden-reference rule.</p>"
     )
     html += (
         f"<p>{table['participant'].nunique()} listener(s) rated pages; "

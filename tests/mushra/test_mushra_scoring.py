@@ -238,7 +238,7 @@ def test_item_exemption_not_at_25_percent():
     assert result.excluded_participants == ["x"]
 
 
-def test_item_exemption_applies_to_reference():
+def test_item_exemption_reference_opt_in():
     listeners = ["x", "y", "z", "a", "b", "c", "d", "e"]
     ratings = screening_ratings(
         20,
@@ -247,12 +247,12 @@ def test_item_exemption_applies_to_reference():
     )
 
     default = post_screening(ratings)
-    anchor_only = post_screening(ratings, exempt_rules=(RULE_MID_ANCHOR,))
+    both_rules = post_screening(ratings, exempt_rules=(RULE_REFERENCE, RULE_MID_ANCHOR))
 
-    assert default.excluded_participants == []
-    assert list(default.exempted_items["rule"]) == [RULE_REFERENCE]
-    assert anchor_only.excluded_participants == ["x"]
-    assert anchor_only.exempted_items.empty
+    assert default.excluded_participants == ["x"]
+    assert default.exempted_items.empty
+    assert both_rules.excluded_participants == []
+    assert list(both_rules.exempted_items["rule"]) == [RULE_REFERENCE]
 
 
 def test_pages_are_item_scale_pairs():
@@ -379,6 +379,64 @@ def test_bootstrap_ci_coverage(method):
     coverage = covered / repeats
 
     assert 0.88 <= coverage <= 0.99, f"coverage {coverage:.3f}"
+
+
+@pytest.mark.parametrize("method", ["BCa", "percentile", "basic"])
+def test_bootstrap_matches_scipy(method):
+    # Same statistic and resampling scheme as scipy.stats.bootstrap on the
+    # participants' (sum, count) pairs, so the ends agree up to Monte Carlo
+    # error (about 0.05 rating points with 9999 resamples here).
+    rng = np.random.default_rng(31)
+    ratings = simulated_ratings(
+        rng, n_participants=30, n_items=4, participant_sd=8.0, noise_sd=4.0
+    )
+    row = summarize(ratings, method=method, seed=1).iloc[0]
+    group = ratings.loc[ratings["system"] == row["system"]]
+    per_participant = group.groupby("participant")["rating"].agg(["sum", "count"])
+
+    reference = scipy.stats.bootstrap(
+        (
+            per_participant["sum"].to_numpy(float),
+            per_participant["count"].to_numpy(float),
+        ),
+        lambda sums, counts, axis=-1: sums.sum(axis) / counts.sum(axis),
+        paired=True,
+        vectorized=True,
+        method=method,
+        n_resamples=9999,
+        rng=np.random.default_rng(2),
+    ).confidence_interval
+
+    assert row["ci_low"] == pytest.approx(reference.low, abs=0.2)
+    assert row["ci_high"] == pytest.approx(reference.high, abs=0.2)
+
+
+def test_bootstrap_groups_with_other_participants():
+    # Listener "late" rated only item 1, so the two items' groups resample
+    # different participants; each interval must match its group alone.
+    rng = np.random.default_rng(32)
+    ratings = simulated_ratings(rng, n_participants=12, n_items=2)
+    extra = ratings.loc[
+        (ratings["participant"] == ratings["participant"].iloc[0])
+        & (ratings["item"] == ratings["item"].iloc[0])
+    ].assign(participant="late", rating=5.0)
+    combined = pd.concat([ratings, extra], ignore_index=True)
+
+    together = summarize(combined, by_item=True, n_resamples=1999, seed=3)
+    alone = pd.concat(
+        [
+            summarize(group, by_item=True, n_resamples=1999, seed=4)
+            for _, group in combined.groupby("item")
+        ],
+        ignore_index=True,
+    )
+    widths = together["ci_high"] - together["ci_low"]
+    expected_widths = alone["ci_high"] - alone["ci_low"]
+
+    assert together["n_participants"].tolist() == [13, 12]
+    assert np.isfinite(together[["ci_low", "ci_high"]].to_numpy()).all()
+    assert widths.iloc[0] > 1.5 * widths.iloc[1]
+    np.testing.assert_allclose(widths, expected_widths, rtol=0.2)
 
 
 # Significance tests
