@@ -307,7 +307,9 @@ def plot_scores(
     :param scores: a result of :func:`bradley_terry`, or any DataFrame indexed
         by system with a ``score`` column and optional ``ci_low`` and
         ``ci_high`` columns. Systems are drawn from the highest score at the
-        top to the lowest.
+        top to the lowest. Each interval is a line between its ends, drawn
+        as it is even when it does not contain the score; a system with a
+        NaN end gets no line.
     :param path: output path. A ``.png`` or ``.svg`` suffix is replaced, and
         any other name gets both suffixes appended.
     :param label: x-axis label, for example for Thurstone Case V scores.
@@ -331,18 +333,28 @@ def plot_scores(
     axes = figure.add_subplot()
     axes.axvline(0.0, color="0.75", linewidth=0.8, zorder=0)
     has_interval = {"ci_low", "ci_high"} <= set(ordered.columns)
-    if has_interval and ordered[["ci_low", "ci_high"]].notna().all(axis=None):
-        errors = np.vstack(
-            [
-                ordered["score"] - ordered["ci_low"],
-                ordered["ci_high"] - ordered["score"],
-            ]
+    if has_interval:
+        # Intervals are drawn as lines from end to end, not as error bars
+        # around the score: a percentile bootstrap interval need not
+        # contain the point estimate (with one or two participants it can
+        # miss it), and Matplotlib rejects the negative bar lengths.
+        drawn = ordered[["ci_low", "ci_high"]].notna().all(axis=1).to_numpy()
+        axes.hlines(
+            positions[drawn],
+            ordered["ci_low"].to_numpy(float)[drawn],
+            ordered["ci_high"].to_numpy(float)[drawn],
+            color="C0",
+            linewidth=1.5,
         )
-        axes.errorbar(
-            ordered["score"], positions, xerr=errors, fmt="o", capsize=3, color="C0"
-        )
-    else:
-        axes.plot(ordered["score"], positions, "o", color="C0")
+        for end in ("ci_low", "ci_high"):
+            axes.plot(
+                ordered[end].to_numpy(float)[drawn],
+                positions[drawn],
+                "|",
+                color="C0",
+                markersize=8,
+            )
+    axes.plot(ordered["score"], positions, "o", color="C0")
     axes.set_yticks(positions, [str(name) for name in ordered.index])
     axes.set_ylim(-0.6, len(ordered) - 0.4)
     axes.set_xlabel(label)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import pytest
 from caqe_mushra import scoring as mushra_scoring
 from caqe_pairwise import report as pairwise_report
 from caqe_pairwise import scoring as pairwise_scoring
@@ -13,12 +12,6 @@ from caqe_pairwise import scoring as pairwise_scoring
 SYSTEMS = {"codec_a": 0.6, "codec_b": 0.0, "codec_c": -0.6}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Pairwise report of one participant: the bootstrap interval misses "
-    "the score by about 1e-9, plot_scores() passes negative xerr to Matplotlib, "
-    "and the whole pairwise section is replaced by an error.",
-)
 def test_pairwise_report_one_participant(tmp_path: Path) -> None:
     judgements = pairwise_scoring.simulate_judgements(SYSTEMS, 1, 30, seed=3)
 
@@ -28,12 +21,6 @@ def test_pairwise_report_one_participant(tmp_path: Path) -> None:
     assert list(tmp_path.glob("pairwise_bradley_terry_*.png"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plot_scores() raises ValueError when a percentile bootstrap "
-    "interval does not contain the point estimate, which happens with few "
-    "participants.",
-)
 def test_plot_interval_beside_score(tmp_path: Path) -> None:
     scores = pd.DataFrame(
         {
