@@ -55,7 +55,7 @@ class Context:
         database must hold exactly one study.
         """
         ensure_schema(self.engine)
-        name = _experiment_name(name, self.registry)
+        name = experiment_name(name, self.registry)
         try:
             return load_study_from_database(self.session_factory, self.registry, name)
         except LookupError as error:
@@ -154,8 +154,11 @@ def experiment_option(function: Any) -> Any:
     )(function)
 
 
-def _experiment_name(name: str | None, registry: Registry) -> str | None:
-    """Return ``name``, else the experiment name of the ``--config`` file, if any."""
+def experiment_name(name: str | None, registry: Registry) -> str | None:
+    """Return ``name``, else the experiment name of the ``--config`` file, if any.
+
+    Raise a usage error when both are given and differ.
+    """
     context = click.get_current_context(silent=True)
     path = context.meta.get(CONFIG_META_KEY) if context is not None else None
     if path is None:
@@ -460,4 +463,13 @@ def main() -> None:
     group(prog_name="caqe")
 
 
-__all__ = ["cli", "main", "Context", "make_context", "database_options", "config_option", "experiment_option"]
+__all__ = [
+    "Context",
+    "cli",
+    "config_option",
+    "database_options",
+    "experiment_name",
+    "experiment_option",
+    "main",
+    "make_context",
+]

@@ -10,6 +10,13 @@ from pathlib import Path
 import click
 from sqlalchemy import select
 
+from caqe_core.cli import (
+    database_options,
+    experiment_name,
+    experiment_option,
+    load_registry,
+    make_context,
+)
 from caqe_core.config import ConfigError, parse_config
 from caqe_core.db import describe_database
 from caqe_core.models import Experiment
@@ -76,23 +83,12 @@ def results_group() -> None:
     default=None,
     help="Folder to write the tables to [default: ./<experiment>-export].",
 )
-@click.option(
-    "--experiment",
-    default=None,
-    help="Name of the study when the database contains several.",
-)
-@click.option(
-    "--database-url",
-    envvar="DATABASE_URL",
-    default=None,
-    help="SQLAlchemy database URL [env DATABASE_URL; default: SQLite in ./caqe-data or $CAQE_HOME].",
-)
+@database_options
+@experiment_option
 def export_command(
     fmt: str, out_dir: Path | None, experiment: str | None, database_url: str | None
 ) -> None:
     """Write every table of the study, a data dictionary and a manifest."""
-    from caqe_core.cli import make_context
-
     context = make_context(database_url)
     study = context.study(experiment)
     out_dir = out_dir or Path(f"{study.name}-export")
@@ -171,17 +167,8 @@ def merge_command(first: Path, second: Path, out_dir: Path) -> None:
     show_default=True,
     help="The HTML report; figures and tables go to the folder <name>_files next to it.",
 )
-@click.option(
-    "--experiment",
-    default=None,
-    help="Name of the study when the database contains several.",
-)
-@click.option(
-    "--database-url",
-    envvar="DATABASE_URL",
-    default=None,
-    help="SQLAlchemy database URL [env DATABASE_URL; default: SQLite in ./caqe-data or $CAQE_HOME].",
-)
+@database_options
+@experiment_option
 @click.option(
     "--from-export",
     "export_dir",
@@ -233,8 +220,6 @@ def analyze_command(
     if export_dir is not None:
         study, tables, provenance = _from_export(export_dir, experiment, command)
     else:
-        from caqe_core.cli import make_context
-
         context = make_context(database_url)
         study = context.study(experiment)
         tables = _read_tables(context, study)
@@ -273,9 +258,8 @@ def analyze_command(
 def _from_export(
     export_dir: Path, experiment: str | None, command: str
 ) -> tuple[Study, StudyTables, Provenance]:
-    from caqe_core.cli import load_registry
-
     registry: Registry = load_registry()
+    experiment = experiment_name(experiment, registry)
     try:
         manifest, tables = read_export(export_dir)
     except ExportFormatError as error:
@@ -283,7 +267,8 @@ def _from_export(
     if experiment is not None and experiment != manifest["experiment"]:
         raise click.ClickException(
             f"{export_dir} contains experiment {manifest['experiment']!r}, not "
-            f"{experiment!r}. Drop --experiment or give the export of that study."
+            f"{experiment!r}. Drop --experiment and --config, or give the export of "
+            "that study."
         )
     config_path = export_dir / CONFIG_FILE
     try:

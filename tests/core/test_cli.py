@@ -460,6 +460,56 @@ def test_status_conflicting_experiment_and_config(
     assert "does not match experiment.name 'scale-study'" in result.output
 
 
+def test_export_study_from_config(
+    caqe: Any,
+    served: list,
+    sqlite_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, second = two_studies(caqe, tmp_path, sqlite_url)
+    out = tmp_path / "export"
+    monkeypatch.setenv("CAQE_CONFIG", str(second))
+
+    result = caqe("results", "export", "--database-url", sqlite_url, "--out", str(out))
+
+    assert_clean(result, 0)
+    assert "Exported second-study" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["experiment"] == "second-study"
+
+
+def test_analyze_config_must_match_export(
+    caqe: Any, served: list, sqlite_url: str, tmp_path: Path
+) -> None:
+    first, second = two_studies(caqe, tmp_path, sqlite_url)
+    out = tmp_path / "export"
+    exported = caqe(
+        "results",
+        "export",
+        "--database-url",
+        sqlite_url,
+        "--config",
+        str(first),
+        "--out",
+        str(out),
+    )
+    assert_clean(exported, 0)
+
+    result = caqe(
+        "analyze",
+        "--from-export",
+        str(out),
+        "--config",
+        str(second),
+        "--out",
+        str(tmp_path / "report.html"),
+    )
+
+    assert_clean(result, 1)
+    assert "contains experiment 'scale-study', not 'second-study'" in result.output
+
+
 def test_run_from_environment(
     caqe: Any,
     served: list,
