@@ -60,6 +60,10 @@ _BOOTSTRAP_TOL = 1e-6
 # matrices (32 MiB), so memory stays bounded for many systems or replicates.
 _BOOTSTRAP_BLOCK_VALUES = 4 * 1024 * 1024
 
+# Maximum number of float64 values in one block of stacked per-group preference
+# matrices of the triad count (32 MiB).
+_TRIAD_BLOCK_VALUES = 4 * 1024 * 1024
+
 
 def win_matrix(
     judgements: pd.DataFrame,
@@ -652,26 +656,102 @@ def _triad_counts(frame: pd.DataFrame) -> pd.DataFrame:
     was preferred over ``j``) and ``S = D + D.T``, ``trace(S @ S @ S) / 6`` is
     the number of triads with three strict preferences and
     ``trace(D @ D @ D) / 3`` the number of directed 3-cycles among them.
+    Kendall's count of circular triads from the score sequence would need
+    every pair judged, which a participant's subset of pairs is not.
+
+    A group is one (participant, item, scale). Every group's matrices are
+    stacked into one array, with the group's systems numbered from 0, so
+    the traces come from batched matrix products.
     """
     firsts = frame[~frame["repeat"].to_numpy(dtype=bool)]
-    rows = []
-    for (participant, _, _), group in firsts.groupby(
-        ["participant", "item", "scale"], sort=False, dropna=False
-    ):
-        names = pd.unique(pd.concat([group["stimulus_a"], group["stimulus_b"]]))
-        codes = {name: code for code, name in enumerate(names)}
-        a = group["stimulus_a"].map(codes).to_numpy()
-        b = group["stimulus_b"].map(codes).to_numpy()
-        sign = np.select([group["choice"] == "a", group["choice"] == "b"], [1, -1], 0)
-        net = np.zeros((len(names), len(names)))
-        np.add.at(net, (a, b), sign)
-        np.add.at(net, (b, a), -sign)
+    columns = ["n_triads", "circular_triads"]
+    if firsts.empty:
+        return pd.DataFrame(
+            columns=columns, index=pd.Index([], name="participant"), dtype=int
+        )
 
-        preferred = (net > 0).astype(float)
-        strict = preferred + preferred.T
-        n_triads = np.trace(strict @ strict @ strict) / 6
-        circular = np.trace(preferred @ preferred @ preferred) / 3
-        rows.append((participant, round(n_triads), round(circular)))
+    group_codes = (
+        firsts.groupby(["participant", "item", "scale"], sort=False, dropna=False)
+        .ngroup()
+        .to_numpy()
+    )
+    owners = firsts.groupby(["participant", "item", "scale"], sort=False, dropna=False)[
+        "participant"
+    ].first()
+    a, b, n_systems = _group_system_codes(
+        group_codes, firsts["stimulus_a"], firsts["stimulus_b"]
+    )
+    choice = firsts["choice"].to_numpy()
+    sign = np.select([choice == "a", choice == "b"], [1.0, -1.0], 0.0)
 
-    counts = pd.DataFrame(rows, columns=["participant", "n_triads", "circular_triads"])
-    return counts.groupby("participant", sort=False, dropna=False).sum()
+    n_groups = len(owners)
+    size = int(n_systems.max())
+    block = max(1, _TRIAD_BLOCK_VALUES // (size * size))
+    order = np.argsort(group_codes, kind="stable")
+    starts = np.arange(0, n_groups, block)
+    bounds = np.searchsorted(group_codes[order], [*starts, n_groups])
+    triads = np.zeros(n_groups)
+    circular = np.zeros(n_groups)
+    for index, offset in enumerate(starts):
+        rows = order[bounds[index] : bounds[index + 1]]
+        count = min(block, n_groups - offset)
+        triads[offset : offset + count], circular[offset : offset + count] = (
+            _block_traces(
+                group_codes[rows] - offset, a[rows], b[rows], sign[rows], count, size
+            )
+        )
+
+    counts = pd.DataFrame(
+        {
+            "participant": owners.to_numpy(),
+            "n_triads": np.rint(triads / 6).astype(int),
+            "circular_triads": np.rint(circular / 3).astype(int),
+        }
+    )
+    return counts.groupby("participant", sort=False, dropna=False)[columns].sum()
+
+
+def _block_traces(
+    groups: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    sign: np.ndarray,
+    n_groups: int,
+    size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``trace(S @ S @ S)`` and ``trace(D @ D @ D)`` of each group.
+
+    ``sign`` is +1 when ``a`` was preferred, -1 when ``b`` was and 0 for
+    ``"none"``; a pair judged more than once is decided by the sum.
+    """
+    cells = size * size
+    net = np.bincount(
+        groups * cells + a * size + b, weights=sign, minlength=n_groups * cells
+    ) - np.bincount(
+        groups * cells + b * size + a, weights=sign, minlength=n_groups * cells
+    )
+    preferred = (net.reshape(n_groups, size, size) > 0).astype(float)
+    strict = preferred + preferred.transpose(0, 2, 1)
+    return (
+        np.einsum("gij,gji->g", strict @ strict, strict),
+        np.einsum("gij,gji->g", preferred @ preferred, preferred),
+    )
+
+
+def _group_system_codes(
+    groups: np.ndarray, first: pd.Series, second: pd.Series
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Number the systems of each group from 0 in sorted order.
+
+    Returns the codes of ``first`` and ``second`` within their row's group,
+    and the number of systems of each group.
+    """
+    names, uniques = pd.factorize(pd.concat([first, second], ignore_index=True))
+    n_names = max(len(uniques), 1)
+    keys = np.concatenate([groups, groups]).astype(np.int64) * n_names + names
+    distinct, inverse = np.unique(keys, return_inverse=True)
+    owner = distinct // n_names
+    starts = np.searchsorted(owner, owner, side="left")
+    local = (np.arange(distinct.size) - starts)[inverse.reshape(-1)]
+    n_systems = np.bincount(owner, minlength=int(groups.max()) + 1)
+    return local[: len(first)], local[len(first) :], n_systems

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.stats
+from caqe_pairwise import scoring
 from caqe_pairwise.scoring import (
     DEFAULT_ALPHA,
     bradley_terry,
@@ -585,3 +586,21 @@ def test_simulated_preferences_follow_model():
     assert x_share == pytest.approx(1 / (1 + np.exp(-1.0)), abs=0.015)
     assert (judgements["stimulus_a"] == "x").mean() == pytest.approx(0.5, abs=0.015)
     assert not judgements["repeat"].any()
+
+
+def test_transitivity_same_in_small_blocks(monkeypatch):
+    # One preference matrix of 5 systems has 25 values, so a block limit of
+    # 60 values splits the 40 groups into blocks of 2.
+    judgements = simulate_judgements(
+        {f"s{i}": 0.3 * i for i in range(5)}, 20, 30, seed=8
+    )
+    judgements = pd.concat(
+        [judgements, judgements.assign(item="item_2")], ignore_index=True
+    )
+    whole = consistency(judgements)
+
+    monkeypatch.setattr(scoring, "_TRIAD_BLOCK_VALUES", 60)
+    blocked = consistency(judgements)
+
+    assert whole["n_triads"].sum() > 0
+    pd.testing.assert_frame_equal(blocked, whole)
