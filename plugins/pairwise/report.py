@@ -146,7 +146,8 @@ def _overview_section(table: pd.DataFrame) -> ReportSection:
 def _scale_section(
     judgements: pd.DataFrame, scale: str, figure_dir: Path, seed: int
 ) -> ReportSection:
-    systems = sorted(set(judgements["stimulus_a"]) | set(judgements["stimulus_b"]))
+    shown = pd.concat([judgements["stimulus_a"], judgements["stimulus_b"]])
+    systems = sorted(pd.unique(shown))
     stem = _stem(scale or "all")
     label = f"scale {scale}" if scale else "all judgements"
     wins = scoring.win_matrix(judgements, systems)

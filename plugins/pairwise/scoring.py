@@ -593,8 +593,10 @@ def _square_frame(values: np.ndarray, systems: list[str]) -> pd.DataFrame:
 
 def _chosen_codes(frame: pd.DataFrame, codes: Mapping[str, int]) -> np.ndarray:
     """Return the code of the chosen system per judgement, -1 for ``"none"``."""
-    a = frame["stimulus_a"].map(codes).to_numpy()
-    b = frame["stimulus_b"].map(codes).to_numpy()
+    names = pd.Index(list(codes))
+    numbers = np.fromiter(codes.values(), dtype=np.int64, count=len(codes))
+    a = numbers[names.get_indexer(frame["stimulus_a"])]
+    b = numbers[names.get_indexer(frame["stimulus_b"])]
     choice = frame["choice"].to_numpy()
     return np.select([choice == "a", choice == "b"], [a, b], default=-1)
 
