@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
+import hmac
 import logging
 import secrets
 import time
@@ -34,6 +36,10 @@ MAX_CODE_LENGTH = 32
 CLAIM_WAIT_SECONDS = 10.0
 """How long a second request with the same code waits for the first one's
 participant before it takes over the claim."""
+COMPLETION_CODE_LENGTH = 10
+"""Characters of a completion code: 50 bits, so a guess matches one of a
+million participants with a probability of about 1e-9."""
+_COMPLETION_CODE_CONTEXT = b"caqe-local-lab-completion-code\x00"
 
 
 class LocalLabConfig(BaseModel):
@@ -46,7 +52,8 @@ class LocalLabConfig(BaseModel):
     kiosk_delay_seconds: int = Field(default=10, ge=0, le=600)
     completion_message: str = "Thank you for taking part. You may close this window."
     show_completion_code: bool = True
-    """Show a code the participant can give the experimenter as proof."""
+    """Show a code the participant can give the experimenter as proof of
+    completion. 'caqe lab verify CODE' finds the participant it belongs to."""
 
 
 class LocalLab(Recruiter):
@@ -59,7 +66,7 @@ class LocalLab(Recruiter):
         section = page.section or LocalLabConfig()
         code = None
         if page.completed and section.show_completion_code:
-            code = page.participant.public_id[:10].upper()
+            code = completion_code(page.participant.public_id, state().secret_key)
         return render_template(
             "caqe_local_lab/complete.html",
             page=page,
@@ -67,6 +74,46 @@ class LocalLab(Recruiter):
             code=code,
             restart_url=url_for("local_lab.start") if section.kiosk else None,
         )
+
+
+def completion_code(public_id: str, secret_key: bytes) -> str:
+    """Derive the completion code of a participant from the server's secret key.
+
+    The public id is visible in the participant's page URLs, so the code is an
+    HMAC-SHA256 of it, which only a holder of the secret key can compute.
+    """
+    message = _COMPLETION_CODE_CONTEXT + public_id.encode()
+    digest = hmac.new(secret_key, message, hashlib.sha256).digest()
+    number = int.from_bytes(digest, "big")
+    characters = []
+    for _ in range(COMPLETION_CODE_LENGTH):
+        number, index = divmod(number, len(CODE_ALPHABET))
+        characters.append(CODE_ALPHABET[index])
+    return "".join(characters)
+
+
+def find_participant_by_completion_code(
+    session: Session, experiment_id: int, code: str, secret_key: bytes
+) -> Participant | None:
+    """Return the lab participant of the experiment whose completion code is ``code``.
+
+    Codes are not stored, so this computes the code of every lab participant
+    of the experiment. Case and surrounding spaces in ``code`` do not matter.
+    """
+    normalized = code.strip().upper()
+    participants = session.scalars(
+        select(Participant)
+        .where(
+            Participant.experiment_id == experiment_id,
+            Participant.recruiter == NAME,
+        )
+        .order_by(Participant.id)
+    )
+    for participant in participants:
+        expected = completion_code(participant.public_id, secret_key)
+        if hmac.compare_digest(expected, normalized):
+            return participant
+    return None
 
 
 bp = Blueprint("local_lab", __name__, url_prefix="/lab", template_folder="templates")
@@ -326,3 +373,45 @@ def register_commands(cli: click.Group) -> None:
             for code in new_codes:
                 click.echo(code)
             click.echo(f"{count} codes for {study.name}.", err=True)
+
+    @lab.command("verify")
+    @click.argument("code")
+    @database_options
+    @experiment_option
+    def verify(code: str, database_url: str | None, experiment: str | None) -> None:
+        """Find the participant whose end page showed completion code CODE.
+
+        Codes are derived from the secret key that signs participant links, so
+        run this with the server's CAQE_SECRET_KEY or CAQE_HOME. It exits with
+        status 1 when CODE matches no participant who completed the study.
+        """
+        from caqe_core.cli import secret_key
+        from caqe_core.db import data_dir
+
+        context = make_context(database_url)
+        study = context.study(experiment)
+        key = secret_key(data_dir())
+        with context.session_factory() as session:
+            participant = find_participant_by_completion_code(
+                session, study.experiment_id, code, key
+            )
+        if participant is None:
+            raise click.ClickException(
+                f"The code {code.strip().upper()[:MAX_CODE_LENGTH]} matches no lab "
+                f"participant of {study.name}. Check the code, and check that "
+                "CAQE_SECRET_KEY or CAQE_HOME is the server's, because codes "
+                "depend on its secret key."
+            )
+        if participant.status != "completed":
+            raise click.ClickException(
+                f"The code belongs to participant {participant.public_id}, who has "
+                f"not completed {study.name} (status {participant.status})."
+            )
+        finished = "at an unknown time"
+        if participant.finished_at is not None:
+            finished = f"{participant.finished_at:%Y-%m-%d %H:%M:%S} UTC"
+        lab_code = participant.external_id or "none"
+        click.echo(
+            f"Valid: participant {participant.public_id} completed {study.name} "
+            f"(finished {finished}, lab code {lab_code})."
+        )

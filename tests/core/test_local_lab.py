@@ -12,7 +12,12 @@ from typing import Any
 
 import pytest
 import requests
-from caqe_local_lab import CODE_ALPHABET, generate_codes
+from caqe_local_lab import (
+    CODE_ALPHABET,
+    COMPLETION_CODE_LENGTH,
+    completion_code,
+    generate_codes,
+)
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
@@ -21,7 +26,14 @@ from caqe_core.config import load_config
 from caqe_core.models import Participant, RecruitmentJob
 from caqe_core.plugins import Registry, set_registry
 from caqe_core.study import prepare_study
-from tests.support.server import ServedStudy, build_study
+from tests.adversarial.helpers import (
+    Listener,
+    agree,
+    scale_body,
+    scale_trial,
+    start_listener,
+)
+from tests.support.server import SECRET, ServedStudy, build_study
 from tests.support.studies import scale_study
 
 
@@ -62,6 +74,38 @@ def participants(served: ServedStudy) -> list[Participant]:
         return list(session.scalars(select(Participant).order_by(Participant.id)))
 
 
+def verify_code(served: ServedStudy, code: str, secret: bytes = SECRET) -> Any:
+    """Run 'caqe lab verify CODE' against the served study's database."""
+    url = str(served.session_factory.kw["bind"].url)
+    return CliRunner().invoke(
+        build_cli(),
+        ["lab", "verify", code, "--database-url", url],
+        env={"CAQE_SECRET_KEY": secret.decode()},
+    )
+
+
+def finish_trials(listener: Listener) -> str:
+    """Answer every trial of a 'scale' study and return the end page."""
+    for number in range(10):
+        page = listener.page()
+        if "<script id='trial'" not in page:
+            return page
+        trial = scale_trial(listener)
+        answer = listener.http.post(
+            listener.base + trial["submit"],
+            json=scale_body(trial, f"lab-finish-{number:04d}"),
+            headers={"X-CAQE-CSRF": trial["csrf"]},
+        )
+        assert answer.status_code == 200, answer.text[:200]
+    raise AssertionError("the study did not end after 10 trials")
+
+
+def shown_completion_code(page_html: str) -> str:
+    match = re.search(r'<strong id="completion-code">([^<]+)</strong>', page_html)
+    assert match, "the end page shows a completion code"
+    return match.group(1)
+
+
 def test_anonymous_start(serve_lab: Callable[..., ServedStudy]) -> None:
     served = serve_lab()
     http = requests.Session()
@@ -93,6 +137,72 @@ def test_anonymous_starts_are_separate(serve_lab: Callable[..., ServedStudy]) ->
 
     assert len(locations) == 3
     assert [row.sequence for row in participants(served)] == [0, 1, 2]
+
+
+def test_completion_code_is_keyed() -> None:
+    public_id = "lxLQNwvnzrVBfmMP0BvLFj6r"
+    code = completion_code(public_id, SECRET)
+
+    assert len(code) == COMPLETION_CODE_LENGTH
+    assert set(code) <= set(CODE_ALPHABET)
+    assert completion_code(public_id, SECRET) == code
+    assert completion_code(public_id, b"another-secret-key-of-32-bytes-or-more") != code
+    assert completion_code(public_id + "x", SECRET) != code
+    assert public_id[:COMPLETION_CODE_LENGTH].upper() != code
+
+
+def test_verify_accepts_shown_code(serve_lab: Callable[..., ServedStudy]) -> None:
+    served = serve_lab()
+    listener = start_listener(served.url)
+    agree(listener)
+    code = shown_completion_code(finish_trials(listener))
+    [participant] = participants(served)
+
+    exact = verify_code(served, code)
+    typed = verify_code(served, f"  {code.lower()} ")
+
+    assert participant.status == "completed"
+    assert code == completion_code(participant.public_id, SECRET)
+    assert exact.exit_code == 0, exact.output
+    assert f"participant {participant.public_id} completed" in exact.output
+    assert typed.exit_code == 0, typed.output
+    assert participant.public_id in typed.output
+
+
+def test_verify_rejects_wrong_code_or_key(
+    serve_lab: Callable[..., ServedStudy],
+) -> None:
+    served = serve_lab()
+    listener = start_listener(served.url)
+    agree(listener)
+    code = shown_completion_code(finish_trials(listener))
+    wrong_code = "".join(
+        CODE_ALPHABET[(CODE_ALPHABET.index(letter) + 1) % len(CODE_ALPHABET)]
+        for letter in code
+    )
+
+    unknown = verify_code(served, wrong_code)
+    other_key = verify_code(served, code, b"another-secret-key-of-32-bytes-or-more")
+
+    assert unknown.exit_code == 1
+    assert f"The code {wrong_code} matches no lab participant" in unknown.output
+    assert other_key.exit_code == 1
+    assert "CAQE_SECRET_KEY" in other_key.output
+
+
+def test_verify_rejects_unfinished_participant(
+    serve_lab: Callable[..., ServedStudy],
+) -> None:
+    served = serve_lab()
+    listener = start_listener(served.url)
+    agree(listener)
+    [participant] = participants(served)
+
+    result = verify_code(served, completion_code(participant.public_id, SECRET))
+
+    assert result.exit_code == 1
+    assert "has not completed" in result.output
+    assert "status active" in result.output
 
 
 def test_codes_printed(serve_lab: Callable[..., ServedStudy]) -> None:
