@@ -309,7 +309,8 @@ def test_third_party_study_serves_trial(served_acme: str) -> None:
     assert entry.status_code == 302
     assert entry.headers["Location"].endswith("/acme/enter")
     assert audio.status_code == 200
-    assert audio.content.startswith(b"fLaC")
+    assert audio.content.startswith(b"RIFF")
+    assert audio.content[8:12] == b"WAVE"
     assert stored.status_code == 200
     assert stored.json()["stored"] is True
     assert rejected.status_code in (409, 422)
