@@ -258,8 +258,13 @@ def _plugin_sections(
                     outputs.figure(figure, stem)
                 sections.append(_section(section.title, [Markup(section.html)]))
         except Exception as error:
-            logger.exception("Plugin %s failed to build its report sections", name)
             message = f"Plugin {name!r} failed to build its report sections: {type(error).__name__}: {error}"
+            # The message reaches the user through ReportResult.failures; the
+            # traceback is for plugin authors, at debug level.
+            logger.error("%s", message)
+            logger.debug(
+                "Traceback of plugin %s's report_sections", name, exc_info=True
+            )
             failures.append(message)
             sections.append(
                 _section(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -273,7 +274,10 @@ def test_plugin_section_and_exclusion(
 
 
 def test_failing_plugin_still_writes_report(
-    small_study: SyntheticStudy, tmp_path: Path, runner_with: Callable[..., Result]
+    small_study: SyntheticStudy,
+    tmp_path: Path,
+    runner_with: Callable[..., Result],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     registry = build_registry(
         extra_plugins=[("scale", scale_plugin), ("broken-report", FailingPlugin())]
@@ -290,6 +294,9 @@ def test_failing_plugin_still_writes_report(
     assert result.exit_code == 1
     assert "broken-report" in result.output
     assert "the statistics failed" in result.output
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert any("the statistics failed" in record.getMessage() for record in errors)
+    assert not any(record.exc_info for record in errors)
     html = out.read_text()
     assert "Sections of plugin broken-report (failed)" in html
     assert "<h2>Ratings</h2>" in html
