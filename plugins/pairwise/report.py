@@ -146,8 +146,8 @@ def _overview_section(table: pd.DataFrame) -> ReportSection:
 def _scale_section(
     judgements: pd.DataFrame, scale: str, figure_dir: Path, seed: int
 ) -> ReportSection:
-    shown = pd.concat([judgements["stimulus_a"], judgements["stimulus_b"]])
-    systems = sorted(pd.unique(shown))
+    stimuli = pd.concat([judgements["stimulus_a"], judgements["stimulus_b"]])
+    systems = sorted(pd.unique(stimuli))
     stem = _stem(scale or "all")
     label = f"scale {scale}" if scale else "all judgements"
     wins = scoring.win_matrix(judgements, systems)
