@@ -30,8 +30,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import requests
 
@@ -293,7 +294,10 @@ def main() -> None:
     from tests.support.studies import scale_study
 
     folder = Path(tempfile.mkdtemp(prefix="caqe-bench-"))
-    drop: Callable[[], None] = lambda: None
+
+    def drop() -> None:
+        return None
+
     if args.database_url:
         database_url, drop = scratch_postgres(args.database_url)
     else:

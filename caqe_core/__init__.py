@@ -7,7 +7,7 @@ the ``caqe`` entry-point group.
 
 __version__ = "0.1.0"
 
-from caqe_core.extension import (  # noqa: E402
+from caqe_core.extension import (
     CompletionPage,
     ConditionSpec,
     ConditionView,
@@ -24,7 +24,7 @@ from caqe_core.extension import (  # noqa: E402
     TestType,
     TrialPage,
 )
-from caqe_core.hookspecs import hookimpl  # noqa: E402
+from caqe_core.hookspecs import hookimpl
 
 __all__ = [
     "CompletionPage",
@@ -42,6 +42,6 @@ __all__ = [
     "StudyDefinitionError",
     "TestType",
     "TrialPage",
-    "hookimpl",
     "__version__",
+    "hookimpl",
 ]

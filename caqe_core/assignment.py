@@ -66,16 +66,20 @@ def expire_reservations(session: Session, experiment_id: int, now: dt.datetime) 
     # A trial response does not take the experiment lock, so it may complete
     # a reservation between the select and this update: only rows still
     # active are expired, and only theirs give their slot back.
-    expired = session.execute(
-        update(Reservation)
-        .where(
-            Reservation.id.in_([row.id for row in overdue]),
-            Reservation.status == "active",
+    expired = (
+        session.execute(
+            update(Reservation)
+            .where(
+                Reservation.id.in_([row.id for row in overdue]),
+                Reservation.status == "active",
+            )
+            .values(status="expired")
+            .returning(Reservation.condition_id)
+            .execution_options(synchronize_session=False)
         )
-        .values(status="expired")
-        .returning(Reservation.condition_id)
-        .execution_options(synchronize_session=False)
-    ).scalars().all()
+        .scalars()
+        .all()
+    )
     for condition_id, count in Counter(expired).items():
         change_load(session, condition_id, -count)
     return len(expired)

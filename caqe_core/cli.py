@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import shutil
 import sys
 from contextlib import closing
 from dataclasses import dataclass
@@ -13,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy import func, select
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
 from caqe_core import __version__
@@ -30,7 +29,14 @@ from caqe_core.db import (
     upgrade,
 )
 from caqe_core.plugins import PluginError, Registry, get_registry
-from caqe_core.study import Study, StudyConflictError, check_study, generated_dir, load_study_from_database, prepare_study
+from caqe_core.study import (
+    Study,
+    StudyConflictError,
+    check_study,
+    generated_dir,
+    load_study_from_database,
+    prepare_study,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +73,16 @@ class Context:
             ) from None
 
 
-def open_database(database_url: str | None) -> tuple[str, Engine, sessionmaker[Session]]:
+def open_database(
+    database_url: str | None,
+) -> tuple[str, Engine, sessionmaker[Session]]:
     url = resolve_database_url(database_url)
     try:
         engine = make_engine(url)
-    except Exception as error:  # SQLAlchemy raises several types for bad URLs
-        raise click.ClickException(f"Invalid database URL {describe_database(url)!r}: {error}") from None
+    except (ArgumentError, NoSuchModuleError, ValueError, ImportError) as error:
+        raise click.ClickException(
+            f"Invalid database URL {describe_database(url)!r}: {error}"
+        ) from None
     return url, engine, make_session_factory(engine)
 
 
@@ -93,7 +103,10 @@ def ensure_schema(engine: Engine) -> None:
             "CAQE, or use another database."
         ) from None
     except Exception as error:
-        if "OperationalError" in type(error).__name__ or "connect" in str(error).lower():
+        if (
+            "OperationalError" in type(error).__name__
+            or "connect" in str(error).lower()
+        ):
             raise click.ClickException(
                 f"Cannot use the database at {describe_database(engine.url.render_as_string(hide_password=False))}: "
                 f"{error.__class__.__name__}: {str(error).splitlines()[0]}. Check DATABASE_URL "
@@ -127,7 +140,9 @@ CONFIG_META_KEY = "caqe.config_path"
 """Where ``experiment_option`` keeps the ``--config`` path for ``Context.study``."""
 
 
-def _remember_config(context: click.Context, _parameter: Any, value: Path | None) -> None:
+def _remember_config(
+    context: click.Context, _parameter: Any, value: Path | None
+) -> None:
     if value is not None:
         context.meta[CONFIG_META_KEY] = value
 
@@ -174,7 +189,12 @@ def experiment_name(name: str | None, registry: Registry) -> str | None:
 
 def make_context(database_url: str | None) -> Context:
     url, engine, factory = open_database(database_url)
-    return Context(registry=load_registry(), database_url=url, engine=engine, session_factory=factory)
+    return Context(
+        registry=load_registry(),
+        database_url=url,
+        engine=engine,
+        session_factory=factory,
+    )
 
 
 def load_registry() -> Registry:
@@ -199,7 +219,9 @@ def secret_key(home: Path) -> bytes:
     value = os.environ.get(SECRET_KEY_ENV)
     if value:
         if len(value) < 32:
-            raise click.ClickException(f"{SECRET_KEY_ENV} must be at least 32 characters long.")
+            raise click.ClickException(
+                f"{SECRET_KEY_ENV} must be at least 32 characters long."
+            )
         return value.encode()
     path = home / "secret_key"
     if not path.exists():
@@ -276,39 +298,73 @@ def validate_command(config_argument: Path | None, config_path: Path | None) -> 
     )
 
 
-def resolve_config_path(plugin: str | None, config_path: Path | None, registry: Registry) -> Path:
+def resolve_config_path(
+    plugin: str | None, config_path: Path | None, registry: Registry
+) -> Path:
     if config_path is not None:
         return config_path
     if plugin is None:
-        raise click.UsageError("Give --config FILE, or --plugin NAME to serve that plugin's demo.")
+        raise click.UsageError(
+            "Give --config FILE, or --plugin NAME to serve that plugin's demo."
+        )
     try:
         test_type = registry.test_type(plugin)
     except PluginError as error:
         raise click.ClickException(str(error)) from None
     demo = test_type.demo_config()
     if demo is None:
-        raise click.ClickException(f"Test type {plugin!r} ships no demo config; give --config FILE.")
+        raise click.ClickException(
+            f"Test type {plugin!r} ships no demo config; give --config FILE."
+        )
     return demo
 
 
 def prepare(context: Context, config: StudyConfig) -> Study:
     ensure_schema(context.engine)
     try:
-        return prepare_study(config, context.registry, context.session_factory, data_dir())
+        return prepare_study(
+            config, context.registry, context.session_factory, data_dir()
+        )
     except ConfigError as error:
-        raise click.ClickException("The study is invalid:\n" + "\n".join(error.problems)) from None
+        raise click.ClickException(
+            "The study is invalid:\n" + "\n".join(error.problems)
+        ) from None
     except StudyConflictError as error:
         raise click.ClickException(str(error)) from None
 
 
 @cli.command("run")
-@click.option("--plugin", default=None, help="Serve this test type's demo when no config is given.")
+@click.option(
+    "--plugin",
+    default=None,
+    help="Serve this test type's demo when no config is given.",
+)
 @config_option
 @database_options
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=5000, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="Gunicorn worker processes.")
-@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256), help="Threads per worker.")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on."
+)
+@click.option(
+    "--port",
+    default=5000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="TCP port.",
+)
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Gunicorn worker processes.",
+)
+@click.option(
+    "--threads",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Threads per worker.",
+)
 def run_command(
     plugin: str | None,
     config_path: Path | None,
@@ -331,7 +387,10 @@ def run_command(
     config = load_study_config(path, context.registry)
     study = prepare(context, config)
     if make_url(context.database_url).get_backend_name() == "sqlite" and workers > 1:
-        click.echo("Note: several workers on SQLite serialise writes; use PostgreSQL to scale out.", err=True)
+        click.echo(
+            "Note: several workers on SQLite serialise writes; use PostgreSQL to scale out.",
+            err=True,
+        )
 
     from caqe_core.serve import serve
 
@@ -391,7 +450,10 @@ def db_reset(database_url: str | None, yes: bool) -> None:
     backup = _backup(url, engine)
     click.echo(f"Backed up {location} to {backup}.")
     if not yes:
-        click.confirm(f"Delete every study, participant and payment record in {location}?", abort=True)
+        click.confirm(
+            f"Delete every study, participant and payment record in {location}?",
+            abort=True,
+        )
     from caqe_core.models import Base
 
     Base.metadata.drop_all(engine)
@@ -440,7 +502,9 @@ def _dump_tables(engine: Engine, target: Path) -> None:
     dump: dict[str, list[dict[str, Any]]] = {}
     with engine.connect() as connection:
         for table in metadata.sorted_tables:
-            dump[table.name] = [dict(row._mapping) for row in connection.execute(table.select())]
+            dump[table.name] = [
+                dict(row._mapping) for row in connection.execute(table.select())
+            ]
     target.write_text(json.dumps(dump, default=str, indent=1))
 
 

@@ -94,7 +94,13 @@ class AudioConfig(Strict):
 
 class FlowConfig(Strict):
     steps: list[str] = Field(
-        default_factory=lambda: ["consent", "pre_survey", "training", "trials", "post_survey"]
+        default_factory=lambda: [
+            "consent",
+            "pre_survey",
+            "training",
+            "trials",
+            "post_survey",
+        ]
     )
 
     @field_validator("steps")
@@ -145,25 +151,38 @@ class SurveyQuestion(Strict):
                     f"question {self.id!r} of type {self.type!r} needs at least two "
                     "options; list them under 'options'"
                 )
-            twice = sorted({option for option in self.options if self.options.count(option) > 1})
+            twice = sorted(
+                {option for option in self.options if self.options.count(option) > 1}
+            )
             if twice:
-                raise ValueError(f"question {self.id!r} lists the options {twice} twice")
+                raise ValueError(
+                    f"question {self.id!r} lists the options {twice} twice"
+                )
         elif self.options:
             raise ValueError(
                 f"question {self.id!r} of type {self.type!r} takes no options; remove "
                 "'options' or make it single, multiple or likert"
             )
         if self.type != "number" and (self.min is not None or self.max is not None):
-            raise ValueError(f"question {self.id!r}: min and max apply to number questions only")
+            raise ValueError(
+                f"question {self.id!r}: min and max apply to number questions only"
+            )
         if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"question {self.id!r} has min {self.min:g} above max {self.max:g}")
+            raise ValueError(
+                f"question {self.id!r} has min {self.min:g} above max {self.max:g}"
+            )
         return self
 
 
 def _default_pre_survey() -> list[SurveyQuestion]:
     return [
         SurveyQuestion(
-            id="age", type="number", text="Your age in years", min=18, max=120, integer=True
+            id="age",
+            type="number",
+            text="Your age in years",
+            min=18,
+            max=120,
+            integer=True,
         ),
         SurveyQuestion(
             id="hearing_disorder",
@@ -183,12 +202,24 @@ def _default_post_survey() -> list[SurveyQuestion]:
             options=["female", "male", "non-binary", "prefer not to say"],
             required=False,
         ),
-        SurveyQuestion(id="country", type="text", text="Country you live in", required=False, max_length=100),
+        SurveyQuestion(
+            id="country",
+            type="text",
+            text="Country you live in",
+            required=False,
+            max_length=100,
+        ),
         SurveyQuestion(
             id="listening_device",
             type="single",
             text="What did you listen with?",
-            options=["closed headphones", "open headphones", "earbuds", "loudspeakers", "other"],
+            options=[
+                "closed headphones",
+                "open headphones",
+                "earbuds",
+                "loudspeakers",
+                "other",
+            ],
         ),
         SurveyQuestion(
             id="critical_listening",
@@ -238,7 +269,9 @@ class SurveysConfig(Strict):
             try:
                 check_criterion(criterion, infos)
             except CriterionError as error:
-                problems.append(_custom_error(("inclusion", index), criterion, str(error)))
+                problems.append(
+                    _custom_error(("inclusion", index), criterion, str(error))
+                )
         if problems:
             raise ValidationError.from_exception_data(type(self).__name__, problems)
         return self
@@ -378,7 +411,9 @@ class StudyConfig:
             {
                 "core": self.core.model_dump(mode="json"),
                 "sections": {
-                    name: section.model_dump(mode="json") if isinstance(section, BaseModel) else section
+                    name: section.model_dump(mode="json")
+                    if isinstance(section, BaseModel)
+                    else section
                     for name, section in sorted(self.sections.items())
                 },
             },
@@ -459,7 +494,9 @@ def parse_yaml(path: Path, text: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
     except yaml.MarkedYAMLError as error:
         raise ConfigError([_describe_yaml_error(path, error)]) from None
     except yaml.YAMLError as error:
-        raise ConfigError([format_problem(path, None, None, f"invalid YAML: {error}")]) from None
+        raise ConfigError(
+            [format_problem(path, None, None, f"invalid YAML: {error}")]
+        ) from None
     return data, positions
 
 
@@ -511,7 +548,9 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _describe_pydantic_error(error: Any, model: type[BaseModel], loc: tuple[Any, ...], data: Any) -> str:
+def _describe_pydantic_error(
+    error: Any, model: type[BaseModel], loc: tuple[Any, ...], data: Any
+) -> str:
     kind = error["type"]
     value = error.get("input")
     if kind == "missing":
@@ -520,9 +559,7 @@ def _describe_pydantic_error(error: Any, model: type[BaseModel], loc: tuple[Any,
         allowed = _allowed_keys(model, loc[:-1], data)
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        return (
-            f"unknown key {loc[-1]!r}.{hint} Valid keys here: {', '.join(sorted(allowed))}."
-        )
+        return f"unknown key {loc[-1]!r}.{hint} Valid keys here: {', '.join(sorted(allowed))}."
     if kind == "literal_error":
         expected = error.get("ctx", {}).get("expected", "")
         return f"invalid value {_short(value)}; expected one of {expected}."
@@ -577,7 +614,9 @@ def _validate(
                 continue
             loc = prefix + tuple(item["loc"])
             message = _describe_pydantic_error(item, model, tuple(item["loc"]), data)
-            problems.append(format_problem(path, line_for(positions, loc), dotted(loc), message))
+            problems.append(
+                format_problem(path, line_for(positions, loc), dotted(loc), message)
+            )
         return None
 
 
@@ -618,12 +657,23 @@ def parse_config(path: Path, text: str, registry: Registry) -> StudyConfig:
     data, positions = parse_yaml(path, text)
     if not isinstance(data, dict):
         raise ConfigError(
-            [format_problem(path, 1, None, "the config must be a YAML mapping of keys such as 'experiment' and 'test_type'.")]
+            [
+                format_problem(
+                    path,
+                    1,
+                    None,
+                    "the config must be a YAML mapping of keys such as 'experiment' and 'test_type'.",
+                )
+            ]
         )
     problems: list[str] = []
     non_string = [key for key in data if not isinstance(key, str)]
     for key in non_string:
-        problems.append(format_problem(path, line_for(positions, (key,)), str(key), "keys must be strings."))
+        problems.append(
+            format_problem(
+                path, line_for(positions, (key,)), str(key), "keys must be strings."
+            )
+        )
     if problems:
         raise ConfigError(problems)
 
@@ -684,7 +734,14 @@ def parse_config(path: Path, text: str, registry: Registry) -> StudyConfig:
                 )
     if problems:
         raise ConfigError(problems)
-    return StudyConfig(path=path, core=core, sections=sections, raw=data, text=text, positions=positions)
+    return StudyConfig(
+        path=path,
+        core=core,
+        sections=sections,
+        raw=data,
+        text=text,
+        positions=positions,
+    )
 
 
 def _validate_missing_section(

@@ -23,7 +23,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class Base(DeclarativeBase):
@@ -68,7 +68,9 @@ class Condition(Base):
     __table_args__ = (UniqueConstraint("experiment_id", "key"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE")
+    )
     key: Mapped[str] = mapped_column(String(200))
     item: Mapped[str] = mapped_column(String(200))
     scale: Mapped[str | None] = mapped_column(String(200))
@@ -92,7 +94,9 @@ class Stimulus(Base):
     __table_args__ = (UniqueConstraint("experiment_id", "condition_id", "key"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE")
+    )
     condition_id: Mapped[int | None] = mapped_column(
         ForeignKey("conditions.id", ondelete="CASCADE")
     )
@@ -115,10 +119,14 @@ class Participant(Base):
     """One session of a listener; a returning MTurk worker gets a new row."""
 
     __tablename__ = "participants"
-    __table_args__ = (Index("ix_participants_external", "experiment_id", "external_id"),)
+    __table_args__ = (
+        Index("ix_participants_external", "experiment_id", "external_id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE")
+    )
     public_id: Mapped[str] = mapped_column(String(64), unique=True)
     sequence: Mapped[int] = mapped_column(Integer)
     """Arrival order within the experiment, from 0; designs counterbalance on it."""
@@ -151,8 +159,12 @@ class Reservation(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     public_id: Mapped[str] = mapped_column(String(64), unique=True)
-    participant_id: Mapped[int] = mapped_column(ForeignKey("participants.id", ondelete="CASCADE"))
-    condition_id: Mapped[int] = mapped_column(ForeignKey("conditions.id", ondelete="CASCADE"))
+    participant_id: Mapped[int] = mapped_column(
+        ForeignKey("participants.id", ondelete="CASCADE")
+    )
+    condition_id: Mapped[int] = mapped_column(
+        ForeignKey("conditions.id", ondelete="CASCADE")
+    )
     position: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default="active")
     """active, completed or expired."""
@@ -176,8 +188,12 @@ class Trial(Base):
     reservation_id: Mapped[int] = mapped_column(
         ForeignKey("reservations.id", ondelete="CASCADE"), unique=True
     )
-    participant_id: Mapped[int] = mapped_column(ForeignKey("participants.id", ondelete="CASCADE"))
-    condition_id: Mapped[int] = mapped_column(ForeignKey("conditions.id", ondelete="CASCADE"))
+    participant_id: Mapped[int] = mapped_column(
+        ForeignKey("participants.id", ondelete="CASCADE")
+    )
+    condition_id: Mapped[int] = mapped_column(
+        ForeignKey("conditions.id", ondelete="CASCADE")
+    )
     idempotency_key: Mapped[str] = mapped_column(String(100))
     response: Mapped[dict[str, Any]] = mapped_column(JSON)
     acknowledgement: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -193,8 +209,12 @@ class ListeningEvent(Base):
     __tablename__ = "listening_events"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"), index=True)
-    participant_id: Mapped[int] = mapped_column(ForeignKey("participants.id", ondelete="CASCADE"))
+    trial_id: Mapped[int] = mapped_column(
+        ForeignKey("trials.id", ondelete="CASCADE"), index=True
+    )
+    participant_id: Mapped[int] = mapped_column(
+        ForeignKey("participants.id", ondelete="CASCADE")
+    )
     sequence: Mapped[int] = mapped_column(Integer)
     type: Mapped[str] = mapped_column(String(32))
     time_ms: Mapped[float] = mapped_column(Float)
@@ -228,7 +248,9 @@ class SurveyResponse(Base):
     __table_args__ = (UniqueConstraint("participant_id", "survey"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    participant_id: Mapped[int] = mapped_column(ForeignKey("participants.id", ondelete="CASCADE"))
+    participant_id: Mapped[int] = mapped_column(
+        ForeignKey("participants.id", ondelete="CASCADE")
+    )
     survey: Mapped[str] = mapped_column(String(32))
     answers: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -244,7 +266,9 @@ class RecruitmentJob(Base):
     __tablename__ = "recruitment_jobs"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE")
+    )
     recruiter: Mapped[str] = mapped_column(String(64))
     request_token: Mapped[str] = mapped_column(String(64), unique=True)
     external_id: Mapped[str | None] = mapped_column(String(200), unique=True)
@@ -266,7 +290,9 @@ class Payment(Base):
     __table_args__ = (UniqueConstraint("experiment_id", "purpose"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE")
+    )
     participant_id: Mapped[int | None] = mapped_column(
         ForeignKey("participants.id", ondelete="SET NULL")
     )

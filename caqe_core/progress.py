@@ -10,6 +10,7 @@ the core rules only (screening, flags); a test type's post-screening runs in
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -169,7 +170,7 @@ def _screening(
 
 
 def _exclusions(
-    participants: list[Any], failed: dict[int, list[str]], rules: ExclusionRules
+    participants: Sequence[Any], failed: dict[int, list[str]], rules: ExclusionRules
 ) -> dict[str, Any]:
     by_rule: dict[str, int] = {}
     excluded = 0

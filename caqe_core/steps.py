@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from flask import render_template
 from markupsafe import Markup
@@ -47,11 +48,19 @@ class ConsentStep(FlowStep):
         if form.get("agree") == "yes":
             return StepOutcome(done=True, passed=True, data={"agreed": True})
         if form.get("decline") == "yes":
-            return StepOutcome(done=True, passed=False, data={"agreed": False}, end_session=True)
-        return StepOutcome(done=False, errors={"agree": "Tick the box to agree, or decline."})
+            return StepOutcome(
+                done=True, passed=False, data={"agreed": False}, end_session=True
+            )
+        return StepOutcome(
+            done=False, errors={"agree": "Tick the box to agree, or decline."}
+        )
 
 
-def validate_answers(questions: list[SurveyQuestion], form: Mapping[str, Any], getlist: Callable[[str], list[str]]) -> tuple[dict[str, Any], dict[str, str]]:
+def validate_answers(
+    questions: list[SurveyQuestion],
+    form: Mapping[str, Any],
+    getlist: Callable[[str], list[str]],
+) -> tuple[dict[str, Any], dict[str, str]]:
     """Check survey answers; return the cleaned answers and per-field errors."""
     answers: dict[str, Any] = {}
     errors: dict[str, str] = {}
@@ -59,7 +68,9 @@ def validate_answers(questions: list[SurveyQuestion], form: Mapping[str, Any], g
         raw = form.get(question.id, "")
         raw = raw.strip() if isinstance(raw, str) else raw
         if question.type == "multiple":
-            values = list(dict.fromkeys(value for value in getlist(question.id) if value))
+            values = list(
+                dict.fromkeys(value for value in getlist(question.id) if value)
+            )
             invalid = [value for value in values if value not in question.options]
             if invalid:
                 errors[question.id] = f"{invalid[0]!r} is not one of the options."
@@ -97,7 +108,9 @@ def validate_answers(questions: list[SurveyQuestion], form: Mapping[str, Any], g
                 answers[question.id] = int(number) if number.is_integer() else number
         else:
             if len(raw) > question.max_length:
-                errors[question.id] = f"Keep the answer under {question.max_length} characters."
+                errors[question.id] = (
+                    f"Keep the answer under {question.max_length} characters."
+                )
             else:
                 answers[question.id] = raw
     return answers, errors
@@ -110,7 +123,12 @@ class SurveyStep(FlowStep):
     def questions(self, page: StepPage) -> list[SurveyQuestion]:
         return getattr(page.config.core.surveys, self.survey)
 
-    def render(self, page: StepPage, values: Mapping[str, Any] | None = None, errors: dict[str, str] | None = None) -> str:
+    def render(
+        self,
+        page: StepPage,
+        values: Mapping[str, Any] | None = None,
+        errors: dict[str, str] | None = None,
+    ) -> str:
         return render_template(
             "caqe/survey.html",
             page=page,
@@ -121,7 +139,9 @@ class SurveyStep(FlowStep):
         )
 
     def submit(self, page: StepPage, form: Mapping[str, Any]) -> StepOutcome:
-        getlist = getattr(form, "getlist", lambda key: [form[key]] if key in form else [])
+        getlist = getattr(
+            form, "getlist", lambda key: [form[key]] if key in form else []
+        )
         answers, errors = validate_answers(self.questions(page), form, getlist)
         if errors:
             return StepOutcome(done=False, errors=errors)
@@ -133,7 +153,11 @@ class SurveyStep(FlowStep):
         )
         if existing is None:
             page.session.add(
-                SurveyResponse(participant_id=page.participant.id, survey=self.survey, answers=answers)
+                SurveyResponse(
+                    participant_id=page.participant.id,
+                    survey=self.survey,
+                    answers=answers,
+                )
             )
         else:
             existing.answers = answers
@@ -166,7 +190,9 @@ class PreSurveyStep(SurveyStep):
                 page.participant.id,
                 failed,
             )
-        return StepOutcome(done=True, passed=not failed, data=data, end_session=bool(failed))
+        return StepOutcome(
+            done=True, passed=not failed, data=data, end_session=bool(failed)
+        )
 
 
 class PostSurveyStep(SurveyStep):

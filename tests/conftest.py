@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 # Installed third-party plugins stay out of the tests: only the built-ins load.
 os.environ["CAQE_PLUGINS"] = "mushra,pairwise,mturk,local_lab"
@@ -45,8 +46,12 @@ def _postgres_admin_url() -> str:
     url = os.environ.get(POSTGRES_ENV)
     if not url:
         if IN_CI:
-            pytest.fail(f"{POSTGRES_ENV} is not set, but CI requires the PostgreSQL tests.")
-        pytest.skip(f"PostgreSQL tests need {POSTGRES_ENV}, e.g. postgresql://postgres@127.0.0.1:5432/postgres")
+            pytest.fail(
+                f"{POSTGRES_ENV} is not set, but CI requires the PostgreSQL tests."
+            )
+        pytest.skip(
+            f"PostgreSQL tests need {POSTGRES_ENV}, e.g. postgresql://postgres@127.0.0.1:5432/postgres"
+        )
     return url
 
 
@@ -59,7 +64,7 @@ def postgres_url() -> Iterator[str]:
         admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
         with admin.connect() as connection:
             connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as error:  # psycopg raises OperationalError subclasses
+    except OperationalError as error:
         if IN_CI:
             pytest.fail(f"PostgreSQL at {POSTGRES_ENV} is unreachable: {error}")
         pytest.skip(f"PostgreSQL at {POSTGRES_ENV} is unreachable: {error}")
@@ -68,7 +73,9 @@ def postgres_url() -> Iterator[str]:
     finally:
         with admin.connect() as connection:
             connection.execute(
-                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"),
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"
+                ),
                 {"name": name},
             )
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
@@ -89,7 +96,9 @@ def scale_config(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def served_scale(scale_config: Path, sqlite_url: str, registry: Registry, tmp_path: Path) -> Iterator[ServedStudy]:
+def served_scale(
+    scale_config: Path, sqlite_url: str, registry: Registry, tmp_path: Path
+) -> Iterator[ServedStudy]:
     """The 'scale' study behind a real HTTP server on loopback."""
     served = build_study(scale_config, sqlite_url, registry, tmp_path / "data")
     served.start()

@@ -59,6 +59,6 @@ class StudyData:
         return table[mask.to_numpy(dtype=bool)]
 
 
-from caqe_core.results.report import figure_html, table_html
+from caqe_core.results.report import figure_html, table_html  # noqa: E402 (imports this package)
 
 __all__ = ["ExclusionRules", "StudyData", "figure_html", "table_html"]

@@ -724,11 +724,11 @@ def _add_survey_columns(
                 ids.extend(key for key in values if key not in known and key not in ids)
         for question in ids:
             column = f"{survey}_survey_{question}"
-            values = [
+            column_values = [
                 _answer_value(answers.get((pid, survey), {}).get(question))
                 for pid in frame["id"]
             ]
-            frame[column] = values
+            frame[column] = column_values
             text = texts.get(question, "a question no longer in the config")
             schema.columns.append(
                 Column(

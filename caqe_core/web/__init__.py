@@ -68,7 +68,9 @@ def decode_participant_token(token: str) -> str | None:
 
 def csrf_token(public_id: str) -> str:
     """Per-participant token for forms and JSON posts."""
-    return hmac.new(state().secret_key, b"csrf\x00" + public_id.encode(), hashlib.sha256).hexdigest()[:32]
+    return hmac.new(
+        state().secret_key, b"csrf\x00" + public_id.encode(), hashlib.sha256
+    ).hexdigest()[:32]
 
 
 def check_csrf(public_id: str, value: str | None) -> bool:
@@ -108,7 +110,12 @@ def create_app(
     data_dir: Path,
 ) -> Flask:
     """Build the Flask app that serves ``study``."""
-    app = Flask(__name__, template_folder="templates", static_folder="static", static_url_path="/static")
+    app = Flask(
+        __name__,
+        template_folder="templates",
+        static_folder="static",
+        static_url_path="/static",
+    )
     app.config["SECRET_KEY"] = secret_key
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.config["JSON_SORT_KEYS"] = False

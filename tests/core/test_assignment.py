@@ -629,14 +629,18 @@ def test_returning_person_gets_new_conditions(
     from tests.support.server import build_study
 
     served = build_study(scale_config, sqlite_url, registry, tmp_path / "data")
-    first = start_participant(served.session_factory, served.study, "local_lab", external_id="W1")
+    first = start_participant(
+        served.session_factory, served.study, "local_lab", external_id="W1"
+    )
     done = ensure_reservations(served.session_factory, served.study, first.id)
     with served.session_factory() as session, session.begin():
         for reservation in done:
             row = session.get(Reservation, reservation.id)
             row.status = "completed"
             row.completed_at = utcnow()
-    second = start_participant(served.session_factory, served.study, "local_lab", external_id="W1")
+    second = start_participant(
+        served.session_factory, served.study, "local_lab", external_id="W1"
+    )
     again = ensure_reservations(served.session_factory, served.study, second.id)
 
     first_conditions = {reservation.condition_id for reservation in done}

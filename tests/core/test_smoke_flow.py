@@ -12,7 +12,9 @@ from tests.support.server import ServedStudy
 
 
 def _trial_data(page: str) -> dict:
-    match = re.search(r"<script id='trial' type='application/json'>(.*?)</script>", page)
+    match = re.search(
+        r"<script id='trial' type='application/json'>(.*?)</script>", page
+    )
     assert match, "trial page carries its data"
     return json.loads(html.unescape(match.group(1)))
 
@@ -26,7 +28,9 @@ def test_participant_completes_scale_study(served_scale: ServedStudy) -> None:
     page_url = served_scale.url + begun.headers["Location"]
     consent = http.get(page_url)
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', consent.text).group(1)
-    agreed = http.post(page_url + "step/consent", data={"csrf_token": csrf, "agree": "yes"})
+    agreed = http.post(
+        page_url + "step/consent", data={"csrf_token": csrf, "agree": "yes"}
+    )
     assert agreed.status_code == 200
 
     stored = []
@@ -37,7 +41,11 @@ def test_participant_completes_scale_study(served_scale: ServedStudy) -> None:
             "response": {"ratings": {signal["id"]: 7 for signal in trial["signals"]}},
             "events": [],
         }
-        answer = http.post(served_scale.url + trial["submit"], json=body, headers={"X-CAQE-CSRF": trial["csrf"]})
+        answer = http.post(
+            served_scale.url + trial["submit"],
+            json=body,
+            headers={"X-CAQE-CSRF": trial["csrf"]},
+        )
         assert answer.status_code == 200
         stored.append(answer.json())
     final = http.get(page_url)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from markupsafe import escape
 from pydantic import BaseModel, ConfigDict, Field
