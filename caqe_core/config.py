@@ -118,7 +118,7 @@ class FlowConfig(Strict):
 class ConsentConfig(Strict):
     text: str = (
         "You are invited to take part in a listening test. You will listen to "
-        "short audio excerpts over headphones and rate their quality. Taking part "
+        "short audio excerpts over headphones and judge how they sound. Taking part "
         "is voluntary and you may stop at any time. Your answers are stored "
         "without your name.\n\nBy continuing you confirm that you are at least 18 "
         "years old and agree to take part."

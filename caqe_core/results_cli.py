@@ -296,8 +296,14 @@ def _print_result(result: ReportResult) -> None:
     files = list(result.output_dir.rglob("*")) if result.output_dir.is_dir() else []
     figures = sum(1 for path in files if path.suffix == ".png")
     tables = sum(1 for path in files if path.suffix == ".csv")
+    excluded = len(result.excluded)
     click.echo(f"Wrote {result.html_path}")
     click.echo(
-        f"  {figures} figures (PNG and SVG) and {tables} tables (CSV) in {result.output_dir}"
+        f"  {_count(figures, 'figure')} (PNG and SVG) and {_count(tables, 'table')} "
+        f"(CSV) in {result.output_dir}"
     )
-    click.echo(f"  {len(result.excluded)} participants excluded")
+    click.echo(f"  {_count(excluded, 'participant')} excluded")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
