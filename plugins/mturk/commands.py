@@ -914,6 +914,22 @@ def _completed_participants(session: Session, mturk: MTurkStudy) -> list[Partici
     ]
 
 
+def _without_flagged(
+    participants: list[Participant], mturk: MTurkStudy
+) -> list[Participant]:
+    """Leave out participants a quality check flagged, unless bonus_flagged is set."""
+    if mturk.section.bonus_flagged:
+        return participants
+    kept = [participant for participant in participants if not participant.flags]
+    skipped = len(participants) - len(kept)
+    if skipped:
+        click.echo(
+            f"Note: {skipped} flagged participant(s) get no bonus (quality flags; "
+            "set mturk.bonus_flagged: true to pay them)."
+        )
+    return kept
+
+
 def _participants_by_assignment(session: Session, mturk: MTurkStudy) -> dict[str, int]:
     rows = session.scalars(
         select(Participant).where(
@@ -1092,7 +1108,7 @@ def give_first_trial_bonus_command(
     client = mturk.client()
     statuses = {item.id: item.status for item in study_assignments(mturk, client)}
     with mturk.context.session_factory() as session:
-        participants = _completed_participants(session, mturk)
+        participants = _without_flagged(_completed_participants(session, mturk), mturk)
         already = {
             payment.purpose
             for payment in session.scalars(
@@ -1191,7 +1207,7 @@ def give_consistency_bonus_command(
     statuses = {item.id: item.status for item in study_assignments(mturk, client)}
     with mturk.context.session_factory() as session:
         scores = collect_consistency(mturk.study, session)
-        participants = _completed_participants(session, mturk)
+        participants = _without_flagged(_completed_participants(session, mturk), mturk)
     planned = []
     unscored = 0
     for participant in participants:

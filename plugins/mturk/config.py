@@ -146,6 +146,10 @@ class MTurkConfig(BaseModel):
     long a worker who was screened out must wait before trying again."""
     submit_screened_out: bool = False
     """True lets screened-out workers submit the HIT (and so be paid the reward)."""
+    bonus_flagged: bool = False
+    """True pays bonuses to participants a quality check flagged (a failed
+    headphone check or gold item, for example). By default they are approved
+    and paid the reward, but get no bonus."""
 
     first_hit_bonus: Decimal = Decimal("0.30")
     first_hit_bonus_reason: str = Field(

@@ -719,6 +719,23 @@ def test_first_trial_bonus_once_per_worker(harness: Harness) -> None:
     )
 
 
+def test_flagged_worker_gets_no_bonus(harness: Harness) -> None:
+    """A participant a quality check flagged is approved but gets no bonus."""
+    assert harness.run("create-hits", "2").exit_code == 0
+    first, second = (row.external_id for row in harness.hit_rows())
+    flagged_id, _ = harness.work(first, "AWORKERONE")
+    harness.work(second, "AWORKERTWO")
+    with harness.factory.begin() as session:
+        session.get(Participant, flagged_id).flags = ["headphones"]
+
+    result = harness.run("give-first-trial-bonus")
+
+    assert result.exit_code == 0, result.output
+    assert "1 flagged participant(s) get no bonus" in result.output
+    bonuses = [payment for payment in harness.fake.payments if payment.kind == "bonus"]
+    assert [payment.worker_id for payment in bonuses] == ["AWORKERTWO"]
+
+
 def test_first_trial_bonus_amount_argument(harness: Harness) -> None:
     assert harness.run("create-hits", "1").exit_code == 0
     harness.work(harness.hit_rows()[0].external_id, "AWORKERONE")
