@@ -40,7 +40,7 @@ class AudioInfo:
 
 
 def inspect_audio(path: Path, where: str) -> AudioInfo:
-    """Read a file's header; ``where`` says which config key named it."""
+    """Read a file's header; ``where`` names the config key that gave the file."""
     if not path.exists():
         raise AudioError(
             f"{where}: audio file not found: {path}. Check the path and audio.root."
@@ -141,8 +141,8 @@ def _write_wav(path: Path, pcm: np.ndarray, rate: int, padding: int) -> None:
     """Write 16-bit PCM WAV with a JUNK chunk of ``padding`` zero bytes.
 
     The padding differs per file (it comes from the salted name), so copies
-    of the same samples differ in bytes, and sizes vary by an amount that
-    says nothing about the content. Decoders skip JUNK chunks (RIFF).
+    of the same samples differ in bytes, and sizes vary by an amount
+    unrelated to the content. Decoders skip JUNK chunks (RIFF).
     """
     channels = pcm.shape[1]
     data = pcm.astype("<i2").tobytes()

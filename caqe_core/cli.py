@@ -46,7 +46,7 @@ ADMIN_PASSWORD_ENV = "CAQE_ADMIN_PASSWORD"
 
 @dataclass
 class Context:
-    """What a command that needs a study gets from the shared options."""
+    """Registry and database of a command that works on a study."""
 
     registry: Registry
     database_url: str
@@ -156,7 +156,7 @@ def experiment_option(function: Any) -> Any:
     function = click.option(
         "--experiment",
         default=None,
-        help="Name of the study when the database holds several.",
+        help="Name of the study when the database contains several.",
     )(function)
     return click.option(
         "--config",
@@ -215,7 +215,7 @@ def load_study_config(path: Path, registry: Registry) -> StudyConfig:
 
 
 def secret_key(home: Path) -> bytes:
-    """The key that signs participant links: ``$CAQE_SECRET_KEY``, else a file kept in the data folder."""
+    """Return the key that signs participant links: ``$CAQE_SECRET_KEY``, else a file in the data folder."""
     value = os.environ.get(SECRET_KEY_ENV)
     if value:
         if len(value) < 32:

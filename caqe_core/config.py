@@ -360,7 +360,7 @@ CORE_KEYS = tuple(CoreConfig.model_fields)
 
 
 class ConfigError(ValueError):
-    """An invalid config; ``problems`` holds one message per problem."""
+    """An invalid config. ``problems`` contains one message per problem."""
 
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))

@@ -18,7 +18,7 @@ SQLITE_FILENAME = "caqe.sqlite"
 
 
 def data_dir() -> Path:
-    """The folder for the SQLite file, prepared audio and the secret key.
+    """Return the folder for the SQLite file, prepared audio and the secret key.
 
     ``$CAQE_HOME`` when set, else ``./caqe-data`` in the working directory,
     so every command run in the same folder finds the same study.
@@ -40,7 +40,7 @@ def resolve_database_url(url: str | None) -> str:
 
 
 def describe_database(url: str) -> str:
-    """A printable location, without a password."""
+    """Return a printable location of the database, without a password."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return str(Path(parsed.database or "").resolve())

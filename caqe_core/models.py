@@ -302,7 +302,7 @@ class Payment(Base):
     kind: Mapped[str] = mapped_column(String(32))
     """reward (approving an assignment) or bonus."""
     purpose: Mapped[str] = mapped_column(String(200))
-    """What the payment is for, such as ``first_hit_bonus:A1B2C3``."""
+    """Purpose of the payment, such as ``first_hit_bonus:A1B2C3``."""
     amount: Mapped[Decimal] = mapped_column(Numeric(12, 2))
     currency: Mapped[str] = mapped_column(String(3), default="USD")
     request_token: Mapped[str] = mapped_column(String(64), unique=True)

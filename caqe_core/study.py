@@ -1,6 +1,6 @@
 """From a validated config to a study in the database.
 
-``check_study`` asks the test type for its conditions and checks every audio
+``check_study`` gets the conditions from the test type and checks every audio
 file; ``prepare_study`` also writes the prepared copies and the database
 rows, idempotently: the same config changes nothing, and a changed config is
 refused while the database holds data of the old one.
@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 
 
 class StudyConflictError(RuntimeError):
-    """The database holds another config's data for this experiment name."""
+    """The database contains another config's data for this experiment name."""
 
 
 @dataclass
@@ -315,7 +315,7 @@ def prepare_study(
 
     # Every stimulus of a condition gets a file of its own, even where two
     # share a source (the reference and the hidden reference), so that no
-    # URL, ETag or file size tells them apart.
+    # URL, ETag or file size distinguishes them.
     prepared: dict[tuple[str, str], tuple[Path, str]] = {}
     decoded: dict[Path, tuple[Any, int]] = {}
     for spec in checked.specs:
@@ -375,7 +375,7 @@ def _store_study(
                 )
                 if participants:
                     raise StudyConflictError(
-                        f"The database already holds {participants} participant(s) of experiment "
+                        f"The database already contains {participants} participant(s) of experiment "
                         f"{config.name!r} under a different config or different audio (stored config: "
                         f"{experiment.config_path}). Serving this config would mix two studies' data. "
                         "Give the changed study a new experiment.name, or back up and clear the "
@@ -489,14 +489,14 @@ def load_study_from_database(
         experiments = session.scalars(select(Experiment).order_by(Experiment.id)).all()
         if not experiments:
             raise LookupError(
-                "The database holds no study. Run 'caqe run' first, or pass --database-url "
+                "The database contains no study. Run 'caqe run' first, or pass --database-url "
                 "to point at the database the study ran on."
             )
         names = [experiment.name for experiment in experiments]
         if name is None:
             if len(experiments) > 1:
                 raise LookupError(
-                    f"The database holds {len(experiments)} studies: {', '.join(names)}. "
+                    f"The database contains {len(experiments)} studies: {', '.join(names)}. "
                     "Choose one with --experiment NAME."
                 )
             experiment = experiments[0]

@@ -24,7 +24,7 @@ MAX_REQUEST_BYTES = 1_000_000
 
 @dataclass
 class WebState:
-    """What the app needs at every request; nothing in it is per-participant."""
+    """Per-app state used by every request; none of it is per-participant."""
 
     study: Study
     session_factory: sessionmaker[Session]
@@ -43,12 +43,12 @@ def state() -> WebState:
 
 
 def current_study() -> Study:
-    """The study being served (inside a request or app context)."""
+    """Return the study being served (inside a request or app context)."""
     return state().study
 
 
 def db_session() -> Session:
-    """The request's SQLAlchemy session, closed when the request ends."""
+    """Return the request's SQLAlchemy session, closed when the request ends."""
     if "caqe_session" not in g:
         g.caqe_session = state().session_factory()
     return g.caqe_session

@@ -423,7 +423,7 @@ def submit_trial(token: str, reservation_id: str) -> Any:
             )
         session.commit()
     except IntegrityError:
-        # A concurrent replay of the same submission won the race; answer as it did.
+        # A concurrent replay of the same submission won the race, so return its acknowledgement.
         session.rollback()
         existing = session.scalar(
             select(Trial).where(
@@ -468,7 +468,7 @@ def _complete_reservation(session: Any, reservation: Reservation) -> None:
         if result.rowcount != 1:
             continue
         if status == "expired":
-            # The answer is kept even though its slot was given back; the
+            # The response is kept even though its slot was given back, so the
             # condition may end one trial above its target.
             logger.info(
                 "Accepting a late response for expired reservation %s", reservation.id

@@ -286,7 +286,9 @@ def test_run_rejects_changed_config(
     result = caqe("run", "--config", str(scale_config), "--database-url", database_url)
 
     assert_clean(result, 1)
-    assert "already holds 1 participant(s) of experiment 'scale-study'" in result.output
+    assert (
+        "already contains 1 participant(s) of experiment 'scale-study'" in result.output
+    )
     assert "different config" in result.output
     assert "new experiment.name" in result.output
     assert "caqe db reset" in result.output
