@@ -29,11 +29,18 @@ TOLERANCE = 1e-3
 # rendered output (float32, base64) with the engine's events. A command list
 # at frame 0 runs before rendering starts, the others inside ctx.suspend().
 RENDER_SCRIPT = """
-async ({ items, length, rate, fadeMs, steps }) => {
+async ({ items, length, rate, fadeMs, steps, itemBuffers }) => {
   const { AudioEngine } = window.caqe;
   const context = new OfflineAudioContext(1, length, rate);
   const engine = new AudioEngine({ fadeMs, context });
-  await engine.load(items);
+  // With itemBuffers, the items arrive decoded, as from a page's early
+  // script, and their URLs do not exist, so a fetch would fail.
+  const decode = async (url) => context.decodeAudioData(await (await fetch(url)).arrayBuffer());
+  await engine.load(
+    itemBuffers
+      ? items.map(({ id, url }) => ({ id, url: `${url}.missing`, buffer: decode(url) }))
+      : items,
+  );
   const suspendedAt = [];
   const run = (calls) => {
     for (const [method, ...args] of calls) engine[method](...args);
@@ -162,7 +169,9 @@ def items_for(signals: dict[str, np.ndarray]) -> list[dict[str, str]]:
     return [{"id": key, "url": f"/audio/{key}.wav"} for key in signals]
 
 
-def render(page, signals, length: int, steps: list[dict]) -> dict:
+def render(
+    page, signals, length: int, steps: list[dict], item_buffers: bool = False
+) -> dict:
     result = page.evaluate(
         RENDER_SCRIPT,
         {
@@ -171,6 +180,7 @@ def render(page, signals, length: int, steps: list[dict]) -> dict:
             "rate": RATE,
             "fadeMs": FADE_MS,
             "steps": steps,
+            "itemBuffers": item_buffers,
         },
     )
     result["samples"] = np.frombuffer(base64.b64decode(result["samples"]), dtype="<f4")
@@ -244,6 +254,30 @@ def test_switch_while_playing_matches_ideal(page, stimulus_signals):
     tone_start = first + 2 * FADE
     measured = sinusoid_phase(output[tone_start:second], tone_start, 1000.0)
     assert measured == pytest.approx(0.3, abs=1e-3)
+
+
+def test_item_buffers_match_ideal(page, stimulus_signals):
+    length = RATE
+    switch = round(0.4 * RATE)
+    steps = [
+        {"frame": 0, "calls": [["play"]]},
+        {"frame": switch, "calls": [["select", "s3"]]},
+    ]
+    result = render(page, stimulus_signals, length, steps, item_buffers=True)
+    (suspended,) = result["suspendedAt"]
+
+    selection = {
+        "s1": gain_curve(length, 1.0, [(suspended, "out")]),
+        "s2": gain_curve(length, 0.0, []),
+        "s3": gain_curve(length, 0.0, [(suspended + FADE, "in")]),
+    }
+    transport = gain_curve(length, 0.0, [(0, "in")])
+    expected = ideal_output(
+        stimulus_signals, length, [Pass(0, 0, 3 * RATE)], transport, selection
+    )
+
+    assert suspended == switch
+    assert np.max(np.abs(result["samples"] - expected)) <= TOLERANCE
 
 
 def test_loop_boundary_matches_ideal(page, stimulus_signals):
@@ -479,6 +513,89 @@ def test_load_rejects_non_audio_file(page, static_server, stimulus_signals):
     assert result["stimulusId"] == "text"
     assert '"text"' in result["message"]
     assert "decodeAudioData failed" in result["message"]
+
+
+ITEM_BUFFERS_SCRIPT = """
+async ({ items, bufferRate, contextRate, failingId, resolvedId, invalidId }) => {
+  const { AudioEngine } = window.caqe;
+  const decoder = new OfflineAudioContext(1, 1, bufferRate);
+  const decode = async (url) => decoder.decodeAudioData(await (await fetch(url)).arrayBuffer());
+  const withBuffers = [];
+  for (const { id, url } of items) {
+    let buffer = decode(url);
+    if (id === failingId) buffer = Promise.reject(new Error("the early request failed"));
+    if (id === resolvedId) buffer = await buffer;
+    if (id === invalidId) buffer = 5;
+    // The URL does not exist, so a fetch would fail.
+    withBuffers.push({ id, url: `${url}.missing`, buffer });
+  }
+  const context = contextRate ? new OfflineAudioContext(1, 1, contextRate) : null;
+  const engine = new AudioEngine({ context });
+  const progress = [];
+  try {
+    await engine.load(withBuffers, (loaded, total) => progress.push([loaded, total]));
+    return {
+      ok: true,
+      progress,
+      sampleRate: engine.sampleRate,
+      lengths: engine.ids.map((id) => engine.getBuffer(id).length),
+    };
+  } catch (error) {
+    return { ok: false, name: error.name, message: error.message, stimulusId: error.stimulusId };
+  } finally {
+    await engine.close();
+  }
+}
+"""
+
+
+def load_item_buffers(page, signals, buffer_rate: int = RATE, **options) -> dict:
+    arguments = {
+        "items": items_for(signals),
+        "bufferRate": buffer_rate,
+        "contextRate": None,
+        "failingId": None,
+        "resolvedId": None,
+        "invalidId": None,
+    }
+    return page.evaluate(ITEM_BUFFERS_SCRIPT, {**arguments, **options})
+
+
+def test_load_takes_item_buffers(page, stimulus_signals):
+    result = load_item_buffers(page, stimulus_signals, resolvedId="s2")
+
+    assert result["ok"], result
+    assert result["progress"] == [[1, 3], [2, 3], [3, 3]]
+    assert result["sampleRate"] == RATE
+    assert result["lengths"] == [3 * RATE] * 3
+
+
+def test_load_rejects_failed_item_buffer(page, stimulus_signals):
+    result = load_item_buffers(page, stimulus_signals, failingId="s3")
+
+    assert result["ok"] is False
+    assert result["name"] == "StimulusLoadError"
+    assert result["stimulusId"] == "s3"
+    assert "the early request failed" in result["message"]
+
+
+def test_load_rejects_item_buffer_rate(page, stimulus_signals):
+    result = load_item_buffers(
+        page, stimulus_signals, buffer_rate=44_100, contextRate=RATE
+    )
+
+    assert result["ok"] is False
+    assert result["name"] == "StimulusLoadError"
+    assert "44100 Hz" in result["message"]
+    assert f"{RATE} Hz" in result["message"]
+
+
+def test_load_rejects_invalid_item_buffer(page, stimulus_signals):
+    result = load_item_buffers(page, stimulus_signals, invalidId="s1")
+
+    assert result["ok"] is False
+    assert result["name"] == "TypeError"
+    assert '"s1"' in result["message"]
 
 
 def test_load_uses_shortest_length(page, static_server):

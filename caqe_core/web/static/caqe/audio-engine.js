@@ -210,9 +210,16 @@ function validateItems(items) {
     if (seen.has(item.id)) {
       throw new TypeError(`Stimulus id ${JSON.stringify(item.id)} appears twice; ids must be unique`);
     }
+    const { buffer } = item;
+    if (buffer != null && !(buffer instanceof AudioBuffer) && typeof buffer.then !== "function") {
+      throw new TypeError(
+        `Stimulus ${JSON.stringify(item.id)} has a buffer that is neither an AudioBuffer ` +
+          "nor a promise of one",
+      );
+    }
     seen.add(item.id);
   });
-  return items.map(({ id, url }) => ({ id, url }));
+  return items.map(({ id, url, buffer }) => ({ id, url, buffer: buffer ?? null }));
 }
 
 function requireFiniteNumber(name, value) {
@@ -409,7 +416,13 @@ export class AudioEngine {
    * becomes the active one. Loading again replaces the stimuli and stops
    * playback.
    *
-   * @param {{id: string, url: string}[]} items
+   * An item with a `buffer` (an AudioBuffer, or a promise of one that an
+   * earlier script started, for example while the page's modules loaded) is
+   * not fetched. The engine waits for the buffer, but cannot abort that work
+   * when another stimulus fails. Its sample rate must be the context's,
+   * which holds when it was decoded through the engine's context.
+   *
+   * @param {{id: string, url: string, buffer?: AudioBuffer | Promise<AudioBuffer>}[]} items
    * @param {((loaded: number, total: number) => void) | null} [onProgress]
    */
   async load(items, onProgress = null) {
@@ -710,7 +723,7 @@ export class AudioEngine {
     const controller = new AbortController();
     let loaded = 0;
 
-    const loadOne = async ({ id, url }) => {
+    const fetchAndDecodeOne = async (id, url) => {
       let bytes;
       try {
         const response = await fetch(url, { signal: controller.signal });
@@ -725,9 +738,8 @@ export class AudioEngine {
       this.#requireOpen();
       if (!this.#context) this.#adoptContext(createAudioContext(sniffSampleRate(bytes)), true);
 
-      let buffer;
       try {
-        buffer = await this.#context.decodeAudioData(bytes);
+        return await this.#context.decodeAudioData(bytes);
       } catch (error) {
         throw new StimulusLoadError(
           id,
@@ -736,9 +748,39 @@ export class AudioEngine {
           error,
         );
       }
+    };
+
+    const awaitItemBuffer = async (id, itemBuffer) => {
+      let buffer;
+      try {
+        buffer = await itemBuffer;
+      } catch (error) {
+        const reason = `loading its buffer failed (${error?.message ?? error})`;
+        throw new StimulusLoadError(id, reason, error);
+      }
+      if (!(buffer instanceof AudioBuffer)) {
+        throw new StimulusLoadError(id, `its buffer resolved to ${buffer}, not to an AudioBuffer`);
+      }
+      this.#requireOpen();
+      if (!this.#context) this.#adoptContext(createAudioContext(buffer.sampleRate), true);
+      if (buffer.sampleRate !== this.#sampleRate) {
+        // A source node would resample it, and the frame arithmetic would be wrong.
+        throw new StimulusLoadError(
+          id,
+          `its buffer has ${buffer.sampleRate} Hz, but the context runs at ` +
+            `${this.#sampleRate} Hz; decode it with the engine's context`,
+        );
+      }
+      return buffer;
+    };
+
+    const loadOne = async ({ id, url, buffer }) => {
+      const decoded = buffer
+        ? await awaitItemBuffer(id, buffer)
+        : await fetchAndDecodeOne(id, url);
       loaded += 1;
       if (onProgress) onProgress(loaded, list.length);
-      return buffer;
+      return decoded;
     };
 
     try {
