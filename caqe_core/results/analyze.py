@@ -318,7 +318,7 @@ def _exclusion_section(data: StudyData, outputs: _Outputs) -> dict[str, Any]:
         {p: r for p, r in data.excluded.items() if r}, data.participants
     )
     outputs.table(table, "exclusions")
-    contributed = set(data.ratings["participant"]) if not data.ratings.empty else set()
+    contributed = _participants_with_trials(data)
     rules: dict[str, set[str]] = {}
     for participant, reasons in data.excluded.items():
         for reason in reasons:
@@ -357,6 +357,14 @@ def _exclusion_section(data: StudyData, outputs: _Outputs) -> dict[str, Any]:
             _limited(table, "exclusions"),
         ]
     return _section("Exclusions", parts)
+
+
+def _participants_with_trials(data: StudyData) -> set[str]:
+    # unique() first, because a set of every ratings row would create one
+    # Python string per row.
+    if data.ratings.empty:
+        return set()
+    return set(data.ratings["participant"].unique())
 
 
 # --- ratings overview (test types without a report of their own) ------------------------------
@@ -488,7 +496,7 @@ def _summary_figure(summary: pd.DataFrame, column: str, scale: str) -> Figure:
 def _listeners_section(
     study: Study, data: StudyData, outputs: _Outputs
 ) -> dict[str, Any]:
-    contributed = set(data.ratings["participant"]) if not data.ratings.empty else set()
+    contributed = _participants_with_trials(data)
     participants = data.participants[data.participants["participant"].isin(contributed)]
     participants = data.included(participants)
     surveys = study.config.core.surveys
@@ -598,10 +606,14 @@ def _text_summary(question: SurveyQuestion, answers: pd.Series) -> Markup:
 
 
 def _timing_section(data: StudyData, outputs: _Outputs) -> dict[str, Any]:
-    ratings = data.included(data.ratings)
-    if ratings.empty:
+    # Keep one row per trial before applying the exclusions, so the filter
+    # copies four columns of one row per trial. All rows of a trial belong to
+    # one participant, so the result equals filtering first.
+    columns = ["participant", "trial", "condition", "time_on_page_ms"]
+    first_rows = data.ratings[columns].drop_duplicates("trial")
+    trials = data.included(first_rows)[["trial", "condition", "time_on_page_ms"]]
+    if trials.empty:
         return _section("Timing", [_paragraph("No trials of included participants.")])
-    trials = ratings.drop_duplicates("trial")[["trial", "condition", "time_on_page_ms"]]
     seconds = trials["time_on_page_ms"].astype(float) / 1000.0
     by_condition = (
         seconds.groupby(trials["condition"])
