@@ -129,12 +129,13 @@ def create_app(
         participant_tokens=URLSafeSerializer(secret_key, salt="caqe-participant"),
     )
 
-    from caqe_core.web import admin, audio, participant
+    from caqe_core.web import admin, audio, participant, static_files
 
     app.register_blueprint(participant.bp)
     app.register_blueprint(audio.bp)
     app.register_blueprint(admin.bp)
     study.registry.hook.register_routes(app=app)
+    static_files.init_app(app)
 
     app.teardown_appcontext(_close_session)
     app.after_request(_security_headers)
