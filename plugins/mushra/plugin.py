@@ -116,6 +116,7 @@ class MushraTestType(TestType):
             signals=rated,
             scale_labels=SCALE_LABELS,
             settings=settings,
+            audio_urls=_audio_urls(settings),
             static=_static_urls(),
         )
 
@@ -226,6 +227,13 @@ def rated_signals(plan: Mapping[str, Any]) -> list[str]:
     """Return the ids of the rated signals of a plan, in the order shown."""
     return [
         signal["id"] for signal in plan["signals"] if signal["id"] != REFERENCE_SIGNAL
+    ]
+
+
+def _audio_urls(settings: Mapping[str, Any]) -> list[str]:
+    """Return the page's stimulus URLs in load order, the reference first."""
+    return [settings["reference"]["url"]] + [
+        signal["url"] for signal in settings["signals"]
     ]
 
 

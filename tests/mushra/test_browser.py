@@ -274,3 +274,53 @@ def test_96k_page_plays_at_96k(
     finally:
         served.stop()
         set_registry(None)
+
+
+def test_page_fetches_each_stimulus_once(
+    page: Any,
+    make_study: Callable[..., Path],
+    tmp_path: Path,
+    sqlite_url: str,
+    registry: Registry,
+) -> None:
+    path = make_study(tmp_path / "study", items=1, systems=3)
+    set_registry(registry)
+    served = build_study(path, sqlite_url, registry, tmp_path / "data")
+    base = served.start()
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    try:
+        page.goto(base + "/")
+        page.click("#start")
+        page.check("#agree")
+        page.click("#continue")
+        page.wait_for_selector(READY, timeout=30000)
+        stimulus_urls = page.evaluate(
+            """() => {
+                const settings = JSON.parse(
+                    document.getElementById("mushra-settings").textContent);
+                return [settings.reference, ...settings.signals].map(
+                    (signal) => new URL(signal.url, location.href).href);
+            }"""
+        )
+        early_buffers = page.evaluate("window.caqeEarlyAudio.buffers.size")
+        module_urls = page.eval_on_selector_all(
+            "link[rel=modulepreload]", "links => links.map(link => link.href)"
+        )
+    finally:
+        served.stop()
+        set_registry(None)
+
+    audio_requests = [url for url in requested if "/a/" in url]
+    assert sorted(audio_requests) == sorted(stimulus_urls)
+    assert early_buffers == len(stimulus_urls)
+    # Each module is fetched once: its import resolves, through the import
+    # map, to the versioned URL that the page preloads.
+    assert module_urls
+    for url in module_urls:
+        assert "?v=" in url
+        assert requested.count(url) == 1
+    plain_module_requests = [
+        url for url in requested if url.endswith(".js") and "?v=" not in url
+    ]
+    assert plain_module_requests == []

@@ -253,13 +253,18 @@ async function main() {
     return;
   }
 
-  // The settings contain the stimuli's sample rate, so the context is
-  // created before any file arrives and the first decode does not wait for
-  // it. bench/bench_mushra_page.py measured the difference.
-  audioContext = createContext(settings.sampleRate);
+  // The page's inline script (caqe/early_audio.html) has started fetching
+  // and decoding the stimuli while this module loaded. Without it, the
+  // context is created from the settings' sample rate before any file
+  // arrives, so the first decode does not wait for it.
+  const early = window.caqeEarlyAudio;
+  audioContext = early?.context ?? createContext(settings.sampleRate);
   engine = new AudioEngine({ fadeMs: settings.fadeMs, context: audioContext });
   engine.resumeOnGesture();
-  const items = [settings.reference, ...settings.signals];
+  const items = [settings.reference, ...settings.signals].map((item) => ({
+    ...item,
+    buffer: early?.buffers.get(item.url),
+  }));
   setLoadingProgress(0, items.length);
   try {
     await engine.load(items, setLoadingProgress);
