@@ -63,8 +63,12 @@ def build_sections(
 
     sections = [_overview_section(table)]
     figure_dir.mkdir(parents=True, exist_ok=True)
-    for scale in sorted(table["scale"].unique()):
-        scale_judgements = table[table["scale"] == scale]
+    scales = sorted(table["scale"].unique())
+    for scale in scales:
+        if len(scales) == 1:
+            scale_judgements = table
+        else:
+            scale_judgements = table[table["scale"] == scale]
         sections.append(_scale_section(scale_judgements, scale, figure_dir, seed))
     sections.append(_consistency_section(table))
     return sections
@@ -76,7 +80,10 @@ def sections_for_study(study: Any, data: Any) -> list[ReportSection]:
     Participants that the core's rules excluded (``data.excluded``) are left
     out.
     """
-    ratings = data.included(data.ratings)
+    # Select the scoring columns before the exclusions, so the filter copies
+    # only them and not the whole ratings table.
+    columns = [name for name in scoring.JUDGEMENT_COLUMNS if name in data.ratings]
+    ratings = data.included(data.ratings[columns])
     return build_sections(
         ratings,
         Path(data.output_dir) / "figures",

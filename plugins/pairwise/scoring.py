@@ -499,12 +499,12 @@ def _participant_win_counts(
     participant_codes, participants = pd.factorize(judgements["participant"])
     a = _system_codes(judgements["stimulus_a"], systems)
     b = _system_codes(judgements["stimulus_b"], systems)
-    choice = judgements["choice"].to_numpy()
+    chose_a = _equals(judgements["choice"], "a")
+    tie = _equals(judgements["choice"], "none")
 
-    strict = choice != "none"
-    winner = np.where(choice == "a", a, b)[strict]
-    loser = np.where(choice == "a", b, a)[strict]
-    tie = ~strict
+    strict = ~tie
+    winner = np.where(chose_a, a, b)[strict]
+    loser = np.where(chose_a, b, a)[strict]
     rows = np.concatenate(
         [participant_codes[strict], participant_codes[tie], participant_codes[tie]]
     )
@@ -521,7 +521,11 @@ def _participant_win_counts(
 
 
 def _system_codes(names: pd.Series, systems: list[str]) -> np.ndarray:
-    codes = pd.Index(systems).get_indexer(names).astype(np.int64)
+    # Only the distinct names are looked up, not every row. The appended -1
+    # is the result for a missing name, whose factorize code is -1.
+    name_codes, distinct = pd.factorize(names)
+    lookup = np.append(pd.Index(systems).get_indexer(distinct), -1)
+    codes = lookup[name_codes].astype(np.int64)
     unknown = codes < 0
     if unknown.any():
         missing = sorted(pd.unique(names[unknown]).astype(str))
@@ -591,50 +595,61 @@ def _square_frame(values: np.ndarray, systems: list[str]) -> pd.DataFrame:
     )
 
 
-def _chosen_codes(frame: pd.DataFrame, codes: Mapping[str, int]) -> np.ndarray:
-    """Return the code of the chosen system per judgement, -1 for ``"none"``."""
-    names = pd.Index(list(codes))
-    numbers = np.fromiter(codes.values(), dtype=np.int64, count=len(codes))
-    a = numbers[names.get_indexer(frame["stimulus_a"])]
-    b = numbers[names.get_indexer(frame["stimulus_b"])]
-    choice = frame["choice"].to_numpy()
-    return np.select([choice == "a", choice == "b"], [a, b], default=-1)
+def _equals(values: pd.Series, value: str) -> np.ndarray:
+    """Return a boolean array: True where ``values`` equals ``value``, False for NA."""
+    return (values == value).to_numpy(dtype=bool, na_value=False)
 
 
-def _pair_columns(frame: pd.DataFrame) -> pd.DataFrame:
-    a = frame["stimulus_a"].astype(str)
-    b = frame["stimulus_b"].astype(str)
-    return pd.DataFrame(
-        {
-            "participant": frame["participant"],
-            "item": frame["item"],
-            "scale": frame["scale"],
-            "low": np.where(a < b, a, b),
-            "high": np.where(a < b, b, a),
-        },
-        index=frame.index,
-    )
+def _group_codes(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """Number the distinct value combinations of ``columns`` in order of appearance.
+
+    The numbers equal those of ``groupby(columns, sort=False, dropna=False)
+    .ngroup()``, in which a missing value is a value of its own, but come
+    from integer codes instead of grouping on text columns.
+    """
+    codes = np.zeros(len(frame), dtype=np.int64)
+    for column in columns:
+        column_codes, distinct = pd.factorize(frame[column], use_na_sentinel=False)
+        # Renumbering after each column keeps the combined codes below
+        # rows × distinct values, so they cannot overflow.
+        codes, _ = pd.factorize(codes * len(distinct) + column_codes)
+    return codes.astype(np.int64)
 
 
 def _repeat_agreement(frame: pd.DataFrame) -> pd.DataFrame:
-    system_codes = {
-        name: code
-        for code, name in enumerate(
-            pd.unique(pd.concat([frame["stimulus_a"], frame["stimulus_b"]]))
-        )
-    }
-    keyed = _pair_columns(frame)
-    keyed["chosen"] = _chosen_codes(frame, system_codes)
-    is_repeat = frame["repeat"].to_numpy(dtype=bool)
-    keys = ["participant", "item", "scale", "low", "high"]
+    """Compare each repeat with the first showing of its pair.
 
-    firsts = keyed[~is_repeat].drop_duplicates(keys, keep="first")
-    merged = keyed[is_repeat].merge(
-        firsts, on=keys, how="left", suffixes=("_repeat", "_first")
+    A pair is the unordered pair of systems within one participant, item
+    and scale. Every value is turned into an integer code first, so the
+    lookup of the first showing works on one int64 key per judgement.
+    """
+    n_rows = len(frame)
+    system_codes, systems = pd.factorize(
+        pd.concat([frame["stimulus_a"], frame["stimulus_b"]], ignore_index=True),
+        use_na_sentinel=False,
     )
-    unmatched = merged["chosen_first"].isna()
+    a = system_codes[:n_rows].astype(np.int64)
+    b = system_codes[n_rows:].astype(np.int64)
+    chosen = np.select(
+        [_equals(frame["choice"], "a"), _equals(frame["choice"], "b")],
+        [a, b],
+        default=-1,
+    )
+    n_systems = max(len(systems), 1)
+    groups = _group_codes(frame, ["participant", "item", "scale"])
+    keys = (groups * n_systems + np.minimum(a, b)) * n_systems + np.maximum(a, b)
+    is_repeat = frame["repeat"].to_numpy(dtype=bool)
+
+    first_keys, first_rows = np.unique(keys[~is_repeat], return_index=True)
+    first_chosen = chosen[~is_repeat][first_rows]
+    repeat_keys = keys[is_repeat]
+    slots = np.searchsorted(first_keys, repeat_keys)
+    matched = slots < len(first_keys)
+    matched[matched] = first_keys[slots[matched]] == repeat_keys[matched]
+    participants = frame["participant"][is_repeat].to_numpy()
+    unmatched = ~matched
     if unmatched.any():
-        affected = sorted(map(str, pd.unique(merged.loc[unmatched, "participant"])))
+        affected = sorted(map(str, pd.unique(participants[unmatched])))
         logger.warning(
             "left out %d repeated judgements without a first showing, from %d "
             "participants (first ones: %s)",
@@ -642,10 +657,13 @@ def _repeat_agreement(frame: pd.DataFrame) -> pd.DataFrame:
             len(affected),
             affected[:10],
         )
-    matched = merged[~unmatched]
-    agrees = matched["chosen_repeat"] == matched["chosen_first"]
+    agrees = pd.Series(
+        chosen[is_repeat][matched] == first_chosen[slots[matched]], dtype=bool
+    )
 
-    grouped = agrees.groupby(matched["participant"], sort=False)
+    grouped = agrees.groupby(
+        pd.Series(participants[matched], name="participant"), sort=False
+    )
     return pd.DataFrame(
         {"n_repeats": grouped.size(), "repeat_agreement": grouped.mean()}
     )
@@ -672,19 +690,19 @@ def _triad_counts(frame: pd.DataFrame) -> pd.DataFrame:
             columns=columns, index=pd.Index([], name="participant"), dtype=int
         )
 
-    group_codes = (
-        firsts.groupby(["participant", "item", "scale"], sort=False, dropna=False)
-        .ngroup()
-        .to_numpy()
-    )
-    owners = firsts.groupby(["participant", "item", "scale"], sort=False, dropna=False)[
-        "participant"
-    ].first()
+    group_codes = _group_codes(firsts, ["participant", "item", "scale"])
+    # Group codes count up from 0 in order of appearance, so np.unique's
+    # first positions are in group order.
+    _, group_rows = np.unique(group_codes, return_index=True)
+    owners = firsts["participant"].iloc[group_rows].to_numpy()
     a, b, n_systems = _group_system_codes(
         group_codes, firsts["stimulus_a"], firsts["stimulus_b"]
     )
-    choice = firsts["choice"].to_numpy()
-    sign = np.select([choice == "a", choice == "b"], [1.0, -1.0], 0.0)
+    sign = np.select(
+        [_equals(firsts["choice"], "a"), _equals(firsts["choice"], "b")],
+        [1.0, -1.0],
+        0.0,
+    )
 
     n_groups = len(owners)
     size = int(n_systems.max())
@@ -705,7 +723,7 @@ def _triad_counts(frame: pd.DataFrame) -> pd.DataFrame:
 
     counts = pd.DataFrame(
         {
-            "participant": owners.to_numpy(),
+            "participant": owners,
             "n_triads": np.rint(triads / 6).astype(int),
             "circular_triads": np.rint(circular / 3).astype(int),
         }

@@ -473,6 +473,59 @@ def test_repeat_without_first_showing_is_logged(caplog):
 
 
 @st.composite
+def random_repeats(draw):
+    """Draw judgements with repeats, some without a first showing or shown twice."""
+    pairs = list(itertools.permutations(["x", "y", "z"], 2))
+    rows = []
+    for _ in range(draw(st.integers(1, 30))):
+        a, b = draw(st.sampled_from(pairs))
+        rows.append(
+            (
+                draw(st.sampled_from(["p1", "p2"])),
+                draw(st.sampled_from(["i1", "i2"])),
+                a,
+                b,
+                draw(st.sampled_from(["a", "b", "none"])),
+                draw(st.booleans()),
+            )
+        )
+    return rows
+
+
+def count_agreement_by_enumeration(rows):
+    """Count each participant's repeats with a first showing, and the agreeing ones."""
+    firsts = {}
+    for participant, item, a, b, choice, repeat in rows:
+        if not repeat:
+            key = (participant, item, frozenset((a, b)))
+            firsts.setdefault(key, {"a": a, "b": b}.get(choice))
+    totals = {}
+    for participant, item, a, b, choice, repeat in rows:
+        key = (participant, item, frozenset((a, b)))
+        if repeat and key in firsts:
+            agreed, repeats = totals.get(participant, (0, 0))
+            same = {"a": a, "b": b}.get(choice) == firsts[key]
+            totals[participant] = (agreed + same, repeats + 1)
+    return totals
+
+
+@settings(max_examples=60, deadline=None)
+@given(random_repeats())
+def test_repeat_agreement_matches_enumeration(rows):
+    result = consistency(judgement_frame(rows))
+
+    expected = count_agreement_by_enumeration(rows)
+    for participant in result.index:
+        agreed, repeats = expected.get(participant, (0, 0))
+        assert result.loc[participant, "n_repeats"] == repeats
+        if repeats:
+            share = result.loc[participant, "repeat_agreement"]
+            assert share == pytest.approx(agreed / repeats)
+        else:
+            assert np.isnan(result.loc[participant, "repeat_agreement"])
+
+
+@st.composite
 def random_tournaments(draw):
     """Draw judgements of random pair subsets, choices and A/B orders."""
     rows = []
