@@ -20,9 +20,14 @@ prepares and sends as 16-bit WAV. In one Chromium run, each repeat measures
 (c) The same fetch + decode started from a page that has already loaded,
     so it leaves out any page load. (a) / (c) is a stricter ratio, because
     (a) includes loading the page and (c) does not.
+(d) The MUSHRA page as in (a), but on a second page with the HTTP cache
+    on, which holds the page's stylesheets and modules and nothing else:
+    a participant's later pages find them there, but not their new audio.
 
-The browser cache is disabled, the order of (a), (b) and (c) rotates, one
-warm-up repeat is discarded, and the medians are compared.
+(a), (b) and (c) run with the browser cache disabled. The script also
+reports when the HTML response of (a) and (b) ended. The order of (a) to
+(d) rotates, one warm-up repeat is discarded, and the medians are
+compared.
 
 Run: python bench/bench_mushra_page.py [--repeats 9]
 """
@@ -70,10 +75,13 @@ READY = "#mushra[data-state=ready]"
 KINDS = {
     "page": "page, navigation to usable",
     "script": "page, script start to usable",
+    "cached": "page with cached static files, navigation to usable",
     "baseline": "baseline page, navigation to decoded",
     "in_page": "fetch+decode in a loaded page",
+    "page_html": "page, navigation to the end of its HTML response",
+    "baseline_html": "baseline page, navigation to the end of its HTML response",
 }
-"""The figures of each repeat, in milliseconds."""
+"""Label of each figure that a repeat measures, in milliseconds."""
 
 FETCH_AND_DECODE = """async (urls) => {
   const context = new AudioContext({ sampleRate: 48000 });
@@ -199,8 +207,9 @@ def measure(base: str, repeats: int) -> tuple[list[dict[str, float]], int, str]:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM_PATH, args=CHROMIUM_ARGS
         )
-        page = browser.new_page()
-        page.context.new_cdp_session(page).send(
+        context = browser.new_context()
+        page = context.new_page()
+        context.new_cdp_session(page).send(
             "Network.setCacheDisabled", {"cacheDisabled": True}
         )
         page.goto(f"{base}/lab/")
@@ -228,27 +237,67 @@ def measure(base: str, repeats: int) -> tuple[list[dict[str, float]], int, str]:
             )
         )
 
+        static_urls = page.evaluate(
+            """() => performance.getEntriesByType("resource")
+                .filter((entry) => entry.initiatorType !== "fetch")
+                .map((entry) => entry.name)"""
+        )
+        # A page of its own, in the same browser context, with the HTTP cache on.
+        cached_page = context.new_page()
+        cached_session = context.new_cdp_session(cached_page)
+
         def time_page(run: int) -> dict[str, float]:
             page.goto(trial_url)
             page.wait_for_selector(READY, timeout=60000)
             return page.evaluate(
                 """() => {
                     const mark = (name) => performance.getEntriesByName(name)[0].startTime;
+                    const html = performance.getEntriesByType("navigation")[0];
                     return {page: mark("caqe-mushra-ready"),
-                            script: mark("caqe-mushra-ready") - mark("caqe-mushra-start")};
+                            script: mark("caqe-mushra-ready") - mark("caqe-mushra-start"),
+                            page_html: html.responseEnd};
                 }"""
             )
 
+        def time_cached_page(run: int) -> dict[str, float]:
+            # Only the static files are cached, as on a participant's later
+            # pages: their audio URLs are new to the browser.
+            cached_session.send("Network.clearBrowserCache")
+            cached_page.goto(f"{base}/lab/")
+            cached_page.evaluate(
+                "(urls) => Promise.all(urls.map((url) => fetch(url).then((r) => r.blob())))",
+                static_urls,
+            )
+            cached_page.goto(trial_url)
+            cached_page.wait_for_selector(READY, timeout=60000)
+            downloaded = cached_page.evaluate(
+                """() => performance.getEntriesByType("resource").filter(
+                    (entry) => entry.initiatorType !== "fetch" && entry.transferSize > 0
+                ).map((entry) => entry.name)"""
+            )
+            if downloaded:
+                logger.warning("Static files not taken from the cache: %s", downloaded)
+            return {
+                "cached": cached_page.evaluate(
+                    """() => performance.getEntriesByName("caqe-mushra-ready")[0].startTime"""
+                )
+            }
+
         def time_baseline(run: int) -> dict[str, float]:
             page.goto(f"{base}{BASELINE_PATH}?run={run}")
-            return {"baseline": page.evaluate("window.caqeBaseline")}
+            return {
+                "baseline": page.evaluate("window.caqeBaseline"),
+                "baseline_html": page.evaluate(
+                    """() => performance.getEntriesByType("navigation")[0].responseEnd"""
+                ),
+            }
 
         def time_in_page(run: int) -> dict[str, float]:
             page.goto(f"{base}/lab/")
             fresh = [f"{url}?in-page={run}" for url in urls]
             return {"in_page": page.evaluate(IN_PAGE_BASELINE, fresh)}
 
-        timers = [time_page, time_baseline, time_in_page]
+        timers = [time_page, time_cached_page, time_baseline, time_in_page]
         repeats_ms = []
         for run in range(repeats + 1):
             figures: dict[str, float] = {}
@@ -323,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"ratio page from navigation / baseline page from navigation: {ratio:.3f} "
         f"(goal <= {GOAL_RATIO})"
+    )
+    print(
+        "ratio page with cached static files / baseline page from navigation: "
+        f"{medians['cached'] / medians['baseline']:.3f}"
     )
     print(
         "ratio page from navigation / fetch+decode in a loaded page: "
