@@ -1,7 +1,8 @@
 """Benchmark AudioEngine.load() against plain fetch + decodeAudioData in Chromium.
 
-Both sides load the same FLAC files over a loopback HTTP server in one
-Chromium run: (a) `await engine.load(items)` on a new AudioEngine, until it is
+Both sides load the same audio files (16-bit WAV, the format `caqe run`
+serves by default, or FLAC with --format flac) over a loopback HTTP server
+in one Chromium run: (a) `await engine.load(items)` on a new AudioEngine, until it is
 playable, and (b) a new AudioContext at the files' rate with
 `Promise.all(fetch -> arrayBuffer -> decodeAudioData)`. Both include creating
 their AudioContext. Every run uses fresh URLs, the server sends
@@ -10,6 +11,7 @@ and (b) alternates between repeats, one warm-up pair is discarded, and the
 medians are compared.
 
 Run: python bench/bench_engine_load.py [--repeats 9] [--files 12] [--seconds 10]
+     [--format wav]
 """
 
 from __future__ import annotations
@@ -130,8 +132,10 @@ class _BenchHandler(SimpleHTTPRequestHandler):
         pass
 
 
-def write_stimuli(directory: Path, count: int, seconds: float) -> list[str]:
-    """Write `count` mono 48 kHz 16-bit FLAC files of band-limited noise with tones."""
+def write_stimuli(
+    directory: Path, count: int, seconds: float, file_format: str
+) -> list[str]:
+    """Write `count` mono 48 kHz 16-bit files of band-limited noise with tones."""
     generator = np.random.default_rng(0)
     b, a = signal.butter(4, 4000, fs=RATE)
     t = np.arange(round(seconds * RATE)) / RATE
@@ -141,7 +145,7 @@ def write_stimuli(directory: Path, count: int, seconds: float) -> list[str]:
         samples = 0.2 * noise / np.max(np.abs(noise)) + 0.3 * np.sin(
             2 * np.pi * (220 + 55 * index) * t
         )
-        name = f"stimulus{index:02d}.flac"
+        name = f"stimulus{index:02d}.{file_format}"
         sf.write(directory / name, samples, RATE, subtype="PCM_16")
         names.append(name)
     return names
@@ -165,7 +169,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=9,
         help="number of measured pairs after one warm-up pair",
     )
-    parser.add_argument("--files", type=int, default=12, help="number of FLAC files")
+    parser.add_argument("--files", type=int, default=12, help="number of audio files")
+    parser.add_argument(
+        "--format",
+        choices=("wav", "flac"),
+        default="wav",
+        help="file format; caqe run serves WAV unless audio.serve_format is flac",
+    )
     parser.add_argument(
         "--seconds", type=float, default=10.0, help="length of each file in s"
     )
@@ -174,6 +184,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    load_before = " ".join(f"{value:.2f}" for value in os.getloadavg())
     if not Path(CHROMIUM_PATH).exists():
         logger.error(
             "Chromium not found at %s; install Debian's chromium package", CHROMIUM_PATH
@@ -183,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as folder:
         audio_dir = Path(folder)
-        names = write_stimuli(audio_dir, args.files, args.seconds)
+        names = write_stimuli(audio_dir, args.files, args.seconds, args.format)
         total_bytes = sum((audio_dir / name).stat().st_size for name in names)
         server = ThreadingHTTPServer(
             ("127.0.0.1", 0), partial(_BenchHandler, audio_dir=audio_dir)
@@ -226,10 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print(
         f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, {platform.platform()}, "
-        f"Python {platform.python_version()}, Chromium {browser_version} (headless)"
+        f"Python {platform.python_version()}, Chromium {browser_version} (headless), "
+        f"load average before the run {load_before}"
     )
     print(
-        f"input: {args.files} mono FLAC files, {args.seconds:g} s at {RATE} Hz, 16 bit, "
+        f"input: {args.files} mono {args.format.upper()} files, {args.seconds:g} s at "
+        f"{RATE} Hz, 16 bit, "
         f"{total_bytes / 1e6:.1f} MB in total, loopback HTTP"
     )
     print(f"repeats: {args.repeats} pairs after 1 warm-up pair, order alternating")
