@@ -15,9 +15,10 @@ import logging
 import random
 import secrets
 from collections import Counter
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from caqe_core.models import (
@@ -80,8 +81,10 @@ def expire_reservations(session: Session, experiment_id: int, now: dt.datetime) 
         .scalars()
         .all()
     )
-    for condition_id, count in Counter(expired).items():
-        change_load(session, condition_id, -count)
+    change_loads(
+        session,
+        {condition_id: -count for condition_id, count in Counter(expired).items()},
+    )
     return len(expired)
 
 
@@ -102,10 +105,23 @@ def _renew(session: Session, reservation: Reservation, expires_at: dt.datetime) 
 
 
 def change_load(session: Session, condition_id: int, delta: int) -> None:
-    session.execute(
+    change_loads(session, {condition_id: delta})
+
+
+def change_loads(session: Session, deltas: dict[int, int]) -> None:
+    """Add ``deltas[condition_id]`` to each condition's load in one batch."""
+    if not deltas:
+        return
+    # Run on the connection, not the session: the ORM would read a list of
+    # parameters as a bulk update by primary key.
+    session.connection().execute(
         update(Condition)
-        .where(Condition.id == condition_id)
-        .values(load=Condition.load + delta)
+        .where(Condition.id == bindparam("condition"))
+        .values(load=Condition.load + bindparam("delta")),
+        [
+            {"condition": condition_id, "delta": delta}
+            for condition_id, delta in sorted(deltas.items())
+        ],
     )
 
 
@@ -144,11 +160,17 @@ def ensure_reservations(
     per_participant = assignment.conditions_per_participant
     lifetime = dt.timedelta(minutes=assignment.reservation_minutes)
 
-    in_hand = _reservations_in_hand(
-        session_factory, participant_id, per_participant, now + lifetime / 2
-    )
-    if in_hand is not None:
-        return in_hand
+    with session_factory() as session:
+        own = session.scalars(
+            select(Reservation)
+            .where(Reservation.participant_id == participant_id)
+            .order_by(Reservation.position)
+        ).all()
+        in_hand = reservations_in_hand(study, own, now)
+        if in_hand is not None:
+            for reservation in in_hand:
+                session.expunge(reservation)
+            return in_hand
 
     with session_factory() as session, session.begin():
         lock_experiment(session, study.experiment_id)
@@ -214,7 +236,6 @@ def ensure_reservations(
                     f"{study.config.core.experiment.seed}:{participant.public_id}:{view.key}"
                 )
                 plan = study.test_type.plan_trial(view, plan_rng, participant.sequence)
-                change_load(session, condition_id, 1)
                 session.add(
                     Reservation(
                         public_id=secrets.token_urlsafe(12),
@@ -227,6 +248,7 @@ def ensure_reservations(
                         expires_at=now + lifetime,
                     )
                 )
+            change_loads(session, dict.fromkeys(chosen, 1))
         session.flush()
         mine = session.scalars(
             select(Reservation)
@@ -263,39 +285,33 @@ def _done_in_earlier_sessions(session: Session, participant: Participant) -> set
     )
 
 
-def _reservations_in_hand(
-    session_factory: sessionmaker[Session],
-    participant_id: int,
-    per_participant: int,
-    renew_before: dt.datetime,
+def reservations_in_hand(
+    study: Study, own: Sequence[Reservation], now: dt.datetime | None = None
 ) -> Assigned | None:
-    """Return the active reservations when nothing needs the experiment lock.
+    """Return the participant's active reservations when nothing needs the experiment lock.
 
-    That is the common case of a participant in the middle of their pages:
-    all their conditions are held, none expired and none about to. Reading
-    them needs no lock, so page loads do not queue behind assignments.
+    ``own`` holds all of the participant's reservations in page order. That
+    is the common case of a participant in the middle of their pages: all
+    their conditions are held, none expired and none about to. Deciding it
+    needs no lock, so page loads do not queue behind assignments. None
+    means ``ensure_reservations`` must run.
     """
-    with session_factory() as session:
-        own = session.scalars(
-            select(Reservation)
-            .where(Reservation.participant_id == participant_id)
-            .order_by(Reservation.position)
-        ).all()
-        held = [
-            reservation
-            for reservation in own
-            if reservation.status in ("active", "completed")
-        ]
-        active = [reservation for reservation in own if reservation.status == "active"]
-        if len(held) < per_participant or any(
-            reservation.status == "expired" for reservation in own
-        ):
-            return None
-        if any(as_utc(reservation.expires_at) < renew_before for reservation in active):
-            return None
-        for reservation in active:
-            session.expunge(reservation)
-        return Assigned(active, len(held) - len(active))
+    assignment = study.config.core.assignment
+    lifetime = dt.timedelta(minutes=assignment.reservation_minutes)
+    renew_before = (now or utcnow()) + lifetime / 2
+    held = [
+        reservation
+        for reservation in own
+        if reservation.status in ("active", "completed")
+    ]
+    active = [reservation for reservation in own if reservation.status == "active"]
+    if len(held) < assignment.conditions_per_participant or any(
+        reservation.status == "expired" for reservation in own
+    ):
+        return None
+    if any(as_utc(reservation.expires_at) < renew_before for reservation in active):
+        return None
+    return Assigned(active, len(held) - len(active))
 
 
 def completed_count(session: Session, participant_id: int) -> int:

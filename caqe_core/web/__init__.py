@@ -33,6 +33,10 @@ class WebState:
     data_dir: Path
     audio_tokens: AudioTokens
     participant_tokens: URLSafeSerializer
+    read_session_factory: sessionmaker[Session]
+    """Sessions whose statements each commit on their own (autocommit). For
+    the reads and single-statement writes of the hot participant pages: no
+    BEGIN and COMMIT round trips around them."""
     audio_paths: dict[int, Path] = field(default_factory=dict)
     """Served file of each stimulus id, filled on first request. Stimuli
     never change while a study is served, so the cache needs no expiry."""
@@ -52,6 +56,18 @@ def db_session() -> Session:
     if "caqe_session" not in g:
         g.caqe_session = state().session_factory()
     return g.caqe_session
+
+
+def read_session() -> Session:
+    """Return the request's autocommit session, closed when the request ends.
+
+    Each statement commits by itself, so use it only for reads and for
+    writes of one statement; anything that must be atomic across several
+    statements belongs in ``db_session()``.
+    """
+    if "caqe_read_session" not in g:
+        g.caqe_read_session = state().read_session_factory()
+    return g.caqe_read_session
 
 
 def participant_token(public_id: str) -> str:
@@ -127,6 +143,7 @@ def create_app(
         data_dir=data_dir,
         audio_tokens=AudioTokens(secret_key),
         participant_tokens=URLSafeSerializer(secret_key, salt="caqe-participant"),
+        read_session_factory=autocommit_sessions(session_factory),
     )
 
     from caqe_core.web import admin, audio, participant, static_files
@@ -145,10 +162,22 @@ def create_app(
     return app
 
 
+def autocommit_sessions(
+    session_factory: sessionmaker[Session],
+) -> sessionmaker[Session]:
+    """Return a factory like ``session_factory`` whose connections autocommit."""
+    engine = session_factory.kw["bind"]
+    return sessionmaker(
+        bind=engine.execution_options(isolation_level="AUTOCOMMIT"),
+        expire_on_commit=False,
+    )
+
+
 def _close_session(_exception: BaseException | None) -> None:
-    session = g.pop("caqe_session", None)
-    if session is not None:
-        session.close()
+    for name in ("caqe_session", "caqe_read_session"):
+        session = g.pop(name, None)
+        if session is not None:
+            session.close()
 
 
 def _security_headers(response: Any) -> Any:

@@ -9,10 +9,15 @@ import random
 from typing import Any, TypeGuard
 
 from flask import Blueprint, abort, redirect, request, url_for
-from sqlalchemy import select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from caqe_core.assignment import change_load, completed_count, ensure_reservations
+from caqe_core.assignment import (
+    change_load,
+    completed_count,
+    ensure_reservations,
+    reservations_in_hand,
+)
 from caqe_core.extension import CompletionPage, ResponseError, StepPage, TrialPage
 from caqe_core.flow import DONE, advance, claim_step, end_session, notify_finished
 from caqe_core.models import (
@@ -33,6 +38,7 @@ from caqe_core.web import (
     decode_participant_token,
     json_error,
     participant_token,
+    read_session,
     state,
 )
 from caqe_core.web.audio import asset_url, stimulus_url
@@ -76,14 +82,53 @@ def _participant_or_404(token: str) -> Participant:
     return participant
 
 
+def _participant_and_reservations(
+    token: str,
+) -> tuple[Participant, list[Reservation]] | None:
+    """Read the participant and all their reservations, in page order, in one query.
+
+    The rows come from the autocommit ``read_session()``: a trial page is
+    served from them without a transaction.
+    """
+    public_id = decode_participant_token(token)
+    if public_id is None:
+        return None
+    rows = (
+        read_session()
+        .execute(
+            select(Participant, Reservation)
+            .outerjoin(Reservation, Reservation.participant_id == Participant.id)
+            .where(
+                Participant.public_id == public_id,
+                Participant.experiment_id == current_study().experiment_id,
+            )
+            .order_by(Reservation.position)
+        )
+        .all()
+    )
+    if not rows:
+        return None
+    return rows[0][0], [row[1] for row in rows if row[1] is not None]
+
+
 @bp.get("/p/<token>/")
 def page(token: str) -> Any:
+    found = _participant_and_reservations(token)
+    if found is None:
+        abort(
+            404, "This link is not valid. Open the study from the link you were given."
+        )
+    participant, own = found
+    if participant.step == "trials":
+        return _render_trial(token, participant, own)
+    # Every other step may change the participant: load it into the
+    # request's transaction.
     participant = _participant_or_404(token)
     study = current_study()
     if participant.step == DONE:
         return _render_completion(participant)
     if participant.step == "trials":
-        return _render_trial(token, participant)
+        return _render_trial(token, participant, None)
     if participant.step == "training":
         return _render_training(token, participant)
     step = study.registry.flow_steps[participant.step]
@@ -219,17 +264,41 @@ def _trial_page(
     )
 
 
-def _render_trial(token: str, participant: Participant) -> Any:
+def _render_trial(
+    token: str, participant: Participant, own: list[Reservation] | None
+) -> Any:
+    """Render the participant's next trial page.
+
+    ``own`` holds the participant's reservations read with it, or None to
+    read them here. When they are all in hand, the page needs no lock and no
+    transaction: one read, and one update the first time a page is served.
+    """
     study = current_study()
-    session = db_session()
-    # Ends the read transaction so its connection goes back to the pool while
-    # assignment uses one of its own; holding both could exhaust the pool.
-    session.commit()
-    reservations = ensure_reservations(state().session_factory, study, participant.id)
+    reader = read_session()
+    if own is None:
+        own = list(
+            reader.scalars(
+                select(Reservation)
+                .where(Reservation.participant_id == participant.id)
+                .order_by(Reservation.position)
+            ).all()
+        )
+    reservations = reservations_in_hand(study, own)
+    if reservations is None:
+        # Hand both connections back to the pool while assignment uses one of
+        # its own; holding them could exhaust the pool.
+        reader.commit()
+        db_session().commit()
+        reservations = ensure_reservations(
+            state().session_factory, study, participant.id
+        )
     if not reservations:
-        if not claim_step(session, participant):
+        session = db_session()
+        stored = session.get(Participant, participant.id)
+        if stored is None or stored.step != "trials" or not claim_step(session, stored):
             session.rollback()
             return redirect(participant_url(participant), code=303)
+        participant = stored
         if completed_count(session, participant.id) == 0:
             end_session(participant, "no_work")
             logger.info(
@@ -244,14 +313,16 @@ def _render_trial(token: str, participant: Participant) -> Any:
         return redirect(participant_url(participant), code=303)
     reservation = reservations[0]
     if reservation.first_served_at is None:
-        session.execute(
+        # One statement, committed on its own: a lost race only leaves the
+        # first time of the two.
+        reader.execute(
             update(Reservation)
             .where(
                 Reservation.id == reservation.id, Reservation.first_served_at.is_(None)
             )
             .values(first_served_at=utcnow())
+            .execution_options(synchronize_session=False)
         )
-        session.commit()
     done = reservations.completed
     page_data = _trial_page(
         token, participant, reservation, done, done + len(reservations)
@@ -310,10 +381,12 @@ def _render_completion(participant: Participant) -> Any:
 @bp.post("/api/p/<token>/trials/<reservation_id>")
 def submit_trial(token: str, reservation_id: str) -> Any:
     """Store one trial response; replaying the same idempotency key returns the same acknowledgement."""
-    participant = _load_participant(token)
-    if participant is None:
+    public_id = decode_participant_token(token)
+    if public_id is None:
         return json_error(404, "Unknown participant token.", "token")
-    if not check_csrf(participant.public_id, request.headers.get("X-CAQE-CSRF")):
+    # The CSRF token derives from the participant's id alone, so a forged or
+    # stale request is turned away before it costs a database round trip.
+    if not check_csrf(public_id, request.headers.get("X-CAQE-CSRF")):
         return json_error(
             403,
             "Missing or invalid X-CAQE-CSRF header. Reload the page.",
@@ -332,17 +405,26 @@ def submit_trial(token: str, reservation_id: str) -> Any:
         )
 
     session = db_session()
-    replay = session.scalar(
-        select(Trial).where(
-            Trial.participant_id == participant.id, Trial.idempotency_key == key
+    # The participant, the trial named in the URL and an earlier submission
+    # with this key, in one round trip.
+    row = session.execute(
+        select(Participant, Reservation, Trial)
+        .select_from(Participant)
+        .outerjoin(Reservation, Reservation.public_id == reservation_id)
+        .outerjoin(
+            Trial,
+            and_(Trial.participant_id == Participant.id, Trial.idempotency_key == key),
         )
-    )
+        .where(
+            Participant.public_id == public_id,
+            Participant.experiment_id == current_study().experiment_id,
+        )
+    ).first()
+    if row is None:
+        return json_error(404, "Unknown participant token.", "token")
+    participant, reservation, replay = row
     if replay is not None:
         return replay.acknowledgement
-
-    reservation = session.scalar(
-        select(Reservation).where(Reservation.public_id == reservation_id)
-    )
     if reservation is None:
         return json_error(404, f"Unknown trial {reservation_id!r}.", "trial")
     if reservation.participant_id != participant.id:
@@ -455,10 +537,14 @@ def _complete_reservation(session: Any, reservation: Reservation) -> None:
     load renew it, while this response is validated. The update matches the
     status it read, so the condition's load is changed exactly once.
     """
+    # The status read with the reservation is nearly always still current,
+    # so the first try needs no read of its own.
+    status: str | None = reservation.status
     for _ in range(5):
-        status = session.scalar(
-            select(Reservation.status).where(Reservation.id == reservation.id)
-        )
+        if status is None:
+            status = session.scalar(
+                select(Reservation.status).where(Reservation.id == reservation.id)
+            )
         result = session.execute(
             update(Reservation)
             .where(Reservation.id == reservation.id, Reservation.status == status)
@@ -466,6 +552,7 @@ def _complete_reservation(session: Any, reservation: Reservation) -> None:
             .execution_options(synchronize_session=False)
         )
         if result.rowcount != 1:
+            status = None
             continue
         if status == "expired":
             # The response is kept even though its slot was given back, so the
