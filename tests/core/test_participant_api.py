@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from caqe_core.models import Participant, Reservation, SurveyResponse, Trial
 from caqe_core.plugins import Registry, set_registry
@@ -577,6 +577,74 @@ def test_unknown_participant_page(served_scale: ServedStudy) -> None:
 
     assert answer.status_code == 404
     assert "not valid" in answer.text
+
+
+# --- Database round trips of the hot pages -------------------------------------
+
+
+@pytest.fixture
+def served_on_database(
+    tmp_path: Path, database_url: str, registry: Registry
+) -> Iterator[ServedStudy]:
+    """The 'scale' study served from SQLite and from PostgreSQL."""
+    served = build_study(
+        scale_study(tmp_path / "study"), database_url, registry, tmp_path / "data"
+    )
+    served.start()
+    set_registry(registry)
+    try:
+        yield served
+    finally:
+        served.stop()
+        set_registry(None)
+
+
+def _count_statements(served: ServedStudy, action: Any) -> list[str]:
+    """Run ``action`` and return the SQL statements the server sent meanwhile."""
+    engine = served.session_factory.kw["bind"]
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement.split(None, 1)[0].upper())
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        action()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    return statements
+
+
+def test_trial_page_and_response_round_trips(
+    served_on_database: ServedStudy, server_errors: list
+) -> None:
+    """A trial page is one read and one update; a response one read and three writes.
+
+    Every statement is a round trip to the database, which under load costs
+    CPU in both the web worker and the database; this guards against a
+    change that adds reads to the pages listeners load most.
+    """
+    listener = arrive(served_on_database.url)
+    first = listener.trial()
+    assert listener.submit(first, good_body(first, "first-key-0001")).status_code == 200
+    trial: dict[str, Any] = {}
+
+    def load() -> None:
+        trial.update(listener.trial())
+
+    page_statements = _count_statements(served_on_database, load)
+    answer: list[requests.Response] = []
+    response_statements = _count_statements(
+        served_on_database,
+        lambda: answer.append(
+            listener.submit(trial, good_body(trial, "second-key-01"))
+        ),
+    )
+
+    assert page_statements == ["SELECT", "UPDATE"]
+    assert answer[0].status_code == 200
+    assert response_statements == ["SELECT", "INSERT", "UPDATE", "INSERT"]
+    assert count_trials(served_on_database) == 2
 
 
 # --- Back and forward through the flow ----------------------------------------
