@@ -51,10 +51,9 @@ def describe_database(url: str) -> str:
 def make_engine(url: str) -> Engine:
     """Create the engine for ``url``.
 
-    Stored JSON (plans, responses, events) is parsed with orjson, several
-    times faster than the standard library on every page load; only the
-    writing side keeps ``json.dumps``, whose output the data already passed
-    through when it was validated.
+    Stored JSON (plans, responses, events) is parsed with orjson, which is
+    several times faster than the standard library. Every page load parses
+    some. Writing still uses ``json.dumps``.
     """
     url = resolve_database_url(url)
     parsed = make_url(url)

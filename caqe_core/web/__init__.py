@@ -61,9 +61,9 @@ def db_session() -> Session:
 def read_session() -> Session:
     """Return the request's autocommit session, closed when the request ends.
 
-    Each statement commits by itself, so use it only for reads and for
-    writes of one statement; anything that must be atomic across several
-    statements belongs in ``db_session()``.
+    Each statement commits by itself. Use it only for reads and for writes
+    of one statement. Work that must be atomic across several statements
+    belongs in ``db_session()``.
     """
     if "caqe_read_session" not in g:
         g.caqe_read_session = state().read_session_factory()

@@ -269,8 +269,8 @@ def _render_trial(
 ) -> Any:
     """Render the participant's next trial page.
 
-    ``own`` holds the participant's reservations read with it, or None to
-    read them here. When they are all in hand, the page needs no lock and no
+    ``own`` is the list of the participant's reservations read with it, or
+    None to read them here. When they are all in hand, the page needs no lock and no
     transaction: one read, and one update the first time a page is served.
     """
     study = current_study()

@@ -620,9 +620,9 @@ def test_trial_page_and_response_round_trips(
 ) -> None:
     """A trial page is one read and one update; a response one read and three writes.
 
-    Every statement is a round trip to the database, which under load costs
-    CPU in both the web worker and the database; this guards against a
-    change that adds reads to the pages listeners load most.
+    Every statement is a round trip to the database. Under load, each one
+    costs CPU in the web worker and in the database. The test fails when a
+    change adds reads to the pages listeners load most.
     """
     listener = arrive(served_on_database.url)
     first = listener.trial()
