@@ -245,7 +245,7 @@ def _static_urls() -> dict[str, Any]:
     urls["engine_css"] = url_for("static", filename="caqe/engine.css")
     urls["modules"] = [urls["mushra.js"]] + [
         url_for("static", filename=f"caqe/{name}")
-        for name in ("audio-engine.js", "timeline.js", "response-queue.js")
+        for name in ("audio-engine.js", "wav.js", "timeline.js", "response-queue.js")
     ]
     return urls
 

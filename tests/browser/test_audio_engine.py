@@ -9,6 +9,7 @@ reports.
 from __future__ import annotations
 
 import base64
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,16 +30,16 @@ TOLERANCE = 1e-3
 # rendered output (float32, base64) with the engine's events. A command list
 # at frame 0 runs before rendering starts, the others inside ctx.suspend().
 RENDER_SCRIPT = """
-async ({ items, length, rate, fadeMs, steps, itemBuffers }) => {
+async ({ items, length, rate, fadeMs, steps, itemBytes }) => {
   const { AudioEngine } = window.caqe;
   const context = new OfflineAudioContext(1, length, rate);
   const engine = new AudioEngine({ fadeMs, context });
-  // With itemBuffers, the items arrive decoded, as from a page's early
-  // script, and their URLs do not exist, so a fetch would fail.
-  const decode = async (url) => context.decodeAudioData(await (await fetch(url)).arrayBuffer());
+  // With itemBytes, the items arrive fetched, as from a page's early script,
+  // and their URLs do not exist, so a fetch would fail.
+  const download = async (url) => (await fetch(url)).arrayBuffer();
   await engine.load(
-    itemBuffers
-      ? items.map(({ id, url }) => ({ id, url: `${url}.missing`, buffer: decode(url) }))
+    itemBytes
+      ? items.map(({ id, url }) => ({ id, url: `${url}.missing`, bytes: download(url) }))
       : items,
   );
   const suspendedAt = [];
@@ -170,7 +171,7 @@ def items_for(signals: dict[str, np.ndarray]) -> list[dict[str, str]]:
 
 
 def render(
-    page, signals, length: int, steps: list[dict], item_buffers: bool = False
+    page, signals, length: int, steps: list[dict], item_bytes: bool = False
 ) -> dict:
     result = page.evaluate(
         RENDER_SCRIPT,
@@ -180,7 +181,7 @@ def render(
             "rate": RATE,
             "fadeMs": FADE_MS,
             "steps": steps,
-            "itemBuffers": item_buffers,
+            "itemBytes": item_bytes,
         },
     )
     result["samples"] = np.frombuffer(base64.b64decode(result["samples"]), dtype="<f4")
@@ -256,14 +257,14 @@ def test_switch_while_playing_matches_ideal(page, stimulus_signals):
     assert measured == pytest.approx(0.3, abs=1e-3)
 
 
-def test_item_buffers_match_ideal(page, stimulus_signals):
+def test_item_bytes_match_ideal(page, stimulus_signals):
     length = RATE
     switch = round(0.4 * RATE)
     steps = [
         {"frame": 0, "calls": [["play"]]},
         {"frame": switch, "calls": [["select", "s3"]]},
     ]
-    result = render(page, stimulus_signals, length, steps, item_buffers=True)
+    result = render(page, stimulus_signals, length, steps, item_bytes=True)
     (suspended,) = result["suspendedAt"]
 
     selection = {
@@ -515,25 +516,25 @@ def test_load_rejects_non_audio_file(page, static_server, stimulus_signals):
     assert "decodeAudioData failed" in result["message"]
 
 
-ITEM_BUFFERS_SCRIPT = """
-async ({ items, bufferRate, contextRate, failingId, resolvedId, invalidId }) => {
+ITEM_BYTES_SCRIPT = """
+async ({ items, failingId, resolvedId, invalidId, textId, sharedUrl }) => {
   const { AudioEngine } = window.caqe;
-  const decoder = new OfflineAudioContext(1, 1, bufferRate);
-  const decode = async (url) => decoder.decodeAudioData(await (await fetch(url)).arrayBuffer());
-  const withBuffers = [];
+  const download = async (url) => (await fetch(url)).arrayBuffer();
+  const shared = sharedUrl ? download(sharedUrl) : null;
+  const withBytes = [];
   for (const { id, url } of items) {
-    let buffer = decode(url);
-    if (id === failingId) buffer = Promise.reject(new Error("the early request failed"));
-    if (id === resolvedId) buffer = await buffer;
-    if (id === invalidId) buffer = 5;
+    let bytes = shared ?? download(url);
+    if (id === failingId) bytes = Promise.reject(new Error("the early request failed"));
+    if (id === resolvedId) bytes = await bytes;
+    if (id === invalidId) bytes = 5;
+    if (id === textId) bytes = Promise.resolve("not bytes");
     // The URL does not exist, so a fetch would fail.
-    withBuffers.push({ id, url: `${url}.missing`, buffer });
+    withBytes.push({ id, url: `${url}.missing`, bytes });
   }
-  const context = contextRate ? new OfflineAudioContext(1, 1, contextRate) : null;
-  const engine = new AudioEngine({ context });
+  const engine = new AudioEngine();
   const progress = [];
   try {
-    await engine.load(withBuffers, (loaded, total) => progress.push([loaded, total]));
+    await engine.load(withBytes, (loaded, total) => progress.push([loaded, total]));
     return {
       ok: true,
       progress,
@@ -549,20 +550,20 @@ async ({ items, bufferRate, contextRate, failingId, resolvedId, invalidId }) => 
 """
 
 
-def load_item_buffers(page, signals, buffer_rate: int = RATE, **options) -> dict:
+def load_item_bytes(page, signals, **options) -> dict:
     arguments = {
         "items": items_for(signals),
-        "bufferRate": buffer_rate,
-        "contextRate": None,
         "failingId": None,
         "resolvedId": None,
         "invalidId": None,
+        "textId": None,
+        "sharedUrl": None,
     }
-    return page.evaluate(ITEM_BUFFERS_SCRIPT, {**arguments, **options})
+    return page.evaluate(ITEM_BYTES_SCRIPT, {**arguments, **options})
 
 
-def test_load_takes_item_buffers(page, stimulus_signals):
-    result = load_item_buffers(page, stimulus_signals, resolvedId="s2")
+def test_load_takes_item_bytes(page, stimulus_signals):
+    result = load_item_bytes(page, stimulus_signals, resolvedId="s2")
 
     assert result["ok"], result
     assert result["progress"] == [[1, 3], [2, 3], [3, 3]]
@@ -570,8 +571,17 @@ def test_load_takes_item_buffers(page, stimulus_signals):
     assert result["lengths"] == [3 * RATE] * 3
 
 
-def test_load_rejects_failed_item_buffer(page, stimulus_signals):
-    result = load_item_buffers(page, stimulus_signals, failingId="s3")
+def test_items_share_flac_bytes(page, static_server, stimulus_signals):
+    # decodeAudioData detaches what it decodes, so each item needs a copy.
+    sf.write(static_server.audio_dir / "shared.flac", tone(440.0, 1.0), RATE)
+    result = load_item_bytes(page, stimulus_signals, sharedUrl="/audio/shared.flac")
+
+    assert result["ok"], result
+    assert result["lengths"] == [RATE] * 3
+
+
+def test_load_rejects_failed_item_bytes(page, stimulus_signals):
+    result = load_item_bytes(page, stimulus_signals, failingId="s3")
 
     assert result["ok"] is False
     assert result["name"] == "StimulusLoadError"
@@ -579,19 +589,17 @@ def test_load_rejects_failed_item_buffer(page, stimulus_signals):
     assert "the early request failed" in result["message"]
 
 
-def test_load_rejects_item_buffer_rate(page, stimulus_signals):
-    result = load_item_buffers(
-        page, stimulus_signals, buffer_rate=44_100, contextRate=RATE
-    )
+def test_load_rejects_item_bytes_of_text(page, stimulus_signals):
+    result = load_item_bytes(page, stimulus_signals, textId="s2")
 
     assert result["ok"] is False
     assert result["name"] == "StimulusLoadError"
-    assert "44100 Hz" in result["message"]
-    assert f"{RATE} Hz" in result["message"]
+    assert result["stimulusId"] == "s2"
+    assert "not to an ArrayBuffer" in result["message"]
 
 
-def test_load_rejects_invalid_item_buffer(page, stimulus_signals):
-    result = load_item_buffers(page, stimulus_signals, invalidId="s1")
+def test_load_rejects_invalid_item_bytes(page, stimulus_signals):
+    result = load_item_bytes(page, stimulus_signals, invalidId="s1")
 
     assert result["ok"] is False
     assert result["name"] == "TypeError"
@@ -652,6 +660,144 @@ def test_context_uses_file_sample_rate(
     assert result["contextRate"] == context_rate
     # Lossy codecs add encoder delay and padding, so the length matches only roughly.
     assert result["duration"] == pytest.approx(seconds, abs=0.1)
+
+
+# --- WAV decoding ---------------------------------------------------------------
+
+# Decodes a file with decodeWav and, when it returns a buffer, with
+# decodeAudioData, and compares the two sample by sample in the page.
+DECODE_WAV_SCRIPT = """
+async ({ url, contextRate }) => {
+  const bytes = await (await fetch(url)).arrayBuffer();
+  const context = new OfflineAudioContext(1, 1, contextRate);
+  const decoded = window.caqe.decodeWav(context, bytes);
+  if (decoded === null) return null;
+  const reference = await context.decodeAudioData(bytes.slice(0));
+  let differing = 0;
+  for (let channel = 0; channel < reference.numberOfChannels; channel += 1) {
+    const ours = decoded.getChannelData(channel);
+    const theirs = reference.getChannelData(channel);
+    for (let i = 0; i < theirs.length; i += 1) {
+      if (!Object.is(ours[i], theirs[i])) differing += 1;
+    }
+  }
+  return {
+    channels: [decoded.numberOfChannels, reference.numberOfChannels],
+    frames: [decoded.length, reference.length],
+    sampleRate: decoded.sampleRate,
+    differing,
+  };
+}
+"""
+
+
+def write_wav_by_hand(
+    directory: Path,
+    name: str,
+    samples: np.ndarray,
+    *,
+    encoding: int,
+    padding: int = 0,
+    extensible: bool = False,
+) -> str:
+    """Write a RIFF WAVE file: fmt, a JUNK chunk of `padding` bytes, then data."""
+    frames, channels = samples.shape
+    bits = samples.dtype.itemsize * 8
+    fmt = struct.pack(
+        "<HHIIHH",
+        0xFFFE if extensible else encoding,
+        channels,
+        RATE,
+        RATE * channels * bits // 8,
+        channels * bits // 8,
+        bits,
+    )
+    if extensible:
+        # cbSize, valid bits, channel mask, then the sub-format GUID, whose
+        # first two bytes are the encoding.
+        guid = struct.pack("<H", encoding) + bytes.fromhex(
+            "000000001000800000aa00389b71"
+        )
+        fmt += struct.pack("<HHI", 22, bits, 0) + guid
+    chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt
+    if padding:
+        junk = bytes(padding) + bytes(padding % 2)
+        chunks += b"JUNK" + struct.pack("<I", padding) + junk
+    data = samples.astype(samples.dtype.newbyteorder("<")).tobytes()
+    chunks += b"data" + struct.pack("<I", len(data)) + data
+    header = b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE"
+    (directory / name).write_bytes(header + chunks)
+    return f"/audio/{name}"
+
+
+def decode_wav(page, url: str, context_rate: int = RATE) -> dict | None:
+    return page.evaluate(DECODE_WAV_SCRIPT, {"url": url, "contextRate": context_rate})
+
+
+def every_int16() -> np.ndarray:
+    """Each 16-bit value once on the left, in reverse order on the right."""
+    values = np.arange(-32768, 32768, dtype=np.int16)
+    return np.stack([values, values[::-1]], axis=1)
+
+
+@pytest.mark.parametrize("extensible", [False, True])
+def test_decode_wav_16_bit_matches_chromium(page, static_server, extensible):
+    url = write_wav_by_hand(
+        static_server.audio_dir,
+        f"every-int16-{extensible}.wav",
+        every_int16(),
+        encoding=1,
+        padding=10,
+        extensible=extensible,
+    )
+    result = decode_wav(page, url)
+
+    assert result is not None
+    assert result["channels"] == [2, 2]
+    assert result["frames"] == [65536, 65536]
+    assert result["sampleRate"] == RATE
+    assert result["differing"] == 0
+
+
+def test_decode_wav_float_matches_chromium(page, static_server):
+    samples = np.stack([noise(0.5, seed=2), tone(440.0, 0.5)], axis=1)
+    # Two bytes of padding put the samples at an offset that is not a
+    # multiple of four.
+    url = write_wav_by_hand(
+        static_server.audio_dir, "float.wav", samples, encoding=3, padding=2
+    )
+    result = decode_wav(page, url)
+
+    assert result is not None
+    assert result["frames"] == [RATE // 2, RATE // 2]
+    assert result["differing"] == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "context_rate"),
+    [
+        ("pcm24.wav", RATE),
+        ("pcm8.wav", RATE),
+        ("other-rate.wav", 44_100),
+        ("truncated.wav", RATE),
+        ("lossless.flac", RATE),
+    ],
+)
+def test_decode_wav_leaves_others_to_browser(page, static_server, name, context_rate):
+    samples = tone(440.0, 0.2)
+    options = {
+        "pcm24.wav": {"subtype": "PCM_24"},
+        "pcm8.wav": {"subtype": "PCM_U8"},
+        "other-rate.wav": {"subtype": "PCM_16"},
+        "truncated.wav": {"subtype": "PCM_16"},
+        "lossless.flac": {},
+    }[name]
+    path = static_server.audio_dir / name
+    sf.write(path, samples, RATE, **options)
+    if name == "truncated.wav":
+        path.write_bytes(path.read_bytes()[:-100])
+
+    assert decode_wav(page, f"/audio/{name}", context_rate) is None
 
 
 def test_sniff_rejects_unknown_format(page):

@@ -303,7 +303,7 @@ def test_page_fetches_each_stimulus_once(
                     (signal) => new URL(signal.url, location.href).href);
             }"""
         )
-        early_buffers = page.evaluate("window.caqeEarlyAudio.buffers.size")
+        early_requests = page.evaluate("window.caqeEarlyAudio.bytes.size")
         module_urls = page.eval_on_selector_all(
             "link[rel=modulepreload]", "links => links.map(link => link.href)"
         )
@@ -313,7 +313,7 @@ def test_page_fetches_each_stimulus_once(
 
     audio_requests = [url for url in requested if "/a/" in url]
     assert sorted(audio_requests) == sorted(stimulus_urls)
-    assert early_buffers == len(stimulus_urls)
+    assert early_requests == len(stimulus_urls)
     # Each module is fetched once: its import resolves, through the import
     # map, to the versioned URL that the page preloads.
     assert module_urls

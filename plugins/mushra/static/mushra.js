@@ -254,16 +254,16 @@ async function main() {
   }
 
   // The page's inline script (caqe/early_audio.html) has started fetching
-  // and decoding the stimuli while this module loaded. Without it, the
-  // context is created from the settings' sample rate before any file
-  // arrives, so the first decode does not wait for it.
+  // the stimuli and created the context while this module loaded. Without
+  // it, the context is created from the settings' sample rate before any
+  // file arrives, so the first decode does not wait for it.
   const early = window.caqeEarlyAudio;
   audioContext = early?.context ?? createContext(settings.sampleRate);
   engine = new AudioEngine({ fadeMs: settings.fadeMs, context: audioContext });
   engine.resumeOnGesture();
   const items = [settings.reference, ...settings.signals].map((item) => ({
     ...item,
-    buffer: early?.buffers.get(item.url),
+    bytes: early?.bytes.get(item.url),
   }));
   setLoadingProgress(0, items.length);
   try {

@@ -22,6 +22,8 @@
 // boundary at frame b fades out over [b - F, b) and the next pass, which
 // starts at the loop start, fades in over [b, b + F).
 
+import { decodeWav } from "./wav.js";
+
 const MIN_LOOP_SECONDS = 0.5;
 const MAX_FADE_MS = 100;
 // A real-time context renders ahead of currentTime, so commands take effect
@@ -210,16 +212,16 @@ function validateItems(items) {
     if (seen.has(item.id)) {
       throw new TypeError(`Stimulus id ${JSON.stringify(item.id)} appears twice; ids must be unique`);
     }
-    const { buffer } = item;
-    if (buffer != null && !(buffer instanceof AudioBuffer) && typeof buffer.then !== "function") {
+    const { bytes } = item;
+    if (bytes != null && !(bytes instanceof ArrayBuffer) && typeof bytes.then !== "function") {
       throw new TypeError(
-        `Stimulus ${JSON.stringify(item.id)} has a buffer that is neither an AudioBuffer ` +
+        `Stimulus ${JSON.stringify(item.id)} has bytes that are neither an ArrayBuffer ` +
           "nor a promise of one",
       );
     }
     seen.add(item.id);
   });
-  return items.map(({ id, url, buffer }) => ({ id, url, buffer: buffer ?? null }));
+  return items.map(({ id, url, bytes }) => ({ id, url, bytes: bytes ?? null }));
 }
 
 function requireFiniteNumber(name, value) {
@@ -416,13 +418,16 @@ export class AudioEngine {
    * becomes the active one. Loading again replaces the stimuli and stops
    * playback.
    *
-   * An item with a `buffer` (an AudioBuffer, or a promise of one that an
-   * earlier script started, for example while the page's modules loaded) is
-   * not fetched. The engine waits for the buffer, but cannot abort that work
-   * when another stimulus fails. Its sample rate must be the context's,
-   * which holds when it was decoded through the engine's context.
+   * An item with `bytes` (the file as an ArrayBuffer, or a promise of one
+   * that an earlier script started to fetch, for example while the page's
+   * modules loaded) is not fetched again. The engine cannot abort that
+   * request when another stimulus fails.
    *
-   * @param {{id: string, url: string, buffer?: AudioBuffer | Promise<AudioBuffer>}[]} items
+   * 16-bit PCM and 32-bit float WAV files at the context's sample rate are
+   * decoded by decodeWav() in wav.js, and every other file by
+   * decodeAudioData.
+   *
+   * @param {{id: string, url: string, bytes?: ArrayBuffer | Promise<ArrayBuffer>}[]} items
    * @param {((loaded: number, total: number) => void) | null} [onProgress]
    */
   async load(items, onProgress = null) {
@@ -723,64 +728,43 @@ export class AudioEngine {
     const controller = new AbortController();
     let loaded = 0;
 
-    const fetchAndDecodeOne = async (id, url) => {
-      let bytes;
+    const fetchBytes = async (id, url) => {
       try {
         const response = await fetch(url, { signal: controller.signal });
         if (!response.ok) {
           throw new StimulusLoadError(id, `the server responded with HTTP ${response.status}`);
         }
-        bytes = await response.arrayBuffer();
+        return await response.arrayBuffer();
       } catch (error) {
         if (error instanceof StimulusLoadError) throw error;
         throw new StimulusLoadError(id, `the request failed (${error.message})`, error);
       }
-      this.#requireOpen();
-      if (!this.#context) this.#adoptContext(createAudioContext(sniffSampleRate(bytes)), true);
-
-      try {
-        return await this.#context.decodeAudioData(bytes);
-      } catch (error) {
-        throw new StimulusLoadError(
-          id,
-          `decodeAudioData failed (${error?.message ?? error}); serve a format that ` +
-            "browsers decode, such as WAV or FLAC",
-          error,
-        );
-      }
     };
 
-    const awaitItemBuffer = async (id, itemBuffer) => {
-      let buffer;
+    const awaitItemBytes = async (id, itemBytes) => {
+      let bytes;
       try {
-        buffer = await itemBuffer;
+        bytes = await itemBytes;
       } catch (error) {
-        const reason = `loading its buffer failed (${error?.message ?? error})`;
+        const reason = `the request failed (${error?.message ?? error})`;
         throw new StimulusLoadError(id, reason, error);
       }
-      if (!(buffer instanceof AudioBuffer)) {
-        throw new StimulusLoadError(id, `its buffer resolved to ${buffer}, not to an AudioBuffer`);
+      if (!(bytes instanceof ArrayBuffer)) {
+        throw new StimulusLoadError(id, `its bytes resolved to ${bytes}, not to an ArrayBuffer`);
       }
-      this.#requireOpen();
-      if (!this.#context) this.#adoptContext(createAudioContext(buffer.sampleRate), true);
-      if (buffer.sampleRate !== this.#sampleRate) {
-        // A source node would resample it, and the frame arithmetic would be wrong.
-        throw new StimulusLoadError(
-          id,
-          `its buffer has ${buffer.sampleRate} Hz, but the context runs at ` +
-            `${this.#sampleRate} Hz; decode it with the engine's context`,
-        );
-      }
-      return buffer;
+      return bytes;
     };
 
-    const loadOne = async ({ id, url, buffer }) => {
-      const decoded = buffer
-        ? await awaitItemBuffer(id, buffer)
-        : await fetchAndDecodeOne(id, url);
+    const loadOne = async ({ id, url, bytes }) => {
+      const data = bytes ? await awaitItemBytes(id, bytes) : await fetchBytes(id, url);
+      this.#requireOpen();
+      if (!this.#context) this.#adoptContext(createAudioContext(sniffSampleRate(data)), true);
+      // decodeAudioData detaches the ArrayBuffer that it decodes, and the
+      // bytes of two items may be one ArrayBuffer, so those get a copy.
+      const buffer = await this.#decode(id, data, Boolean(bytes));
       loaded += 1;
       if (onProgress) onProgress(loaded, list.length);
-      return decoded;
+      return buffer;
     };
 
     try {
@@ -788,6 +772,23 @@ export class AudioEngine {
     } catch (error) {
       controller.abort();
       throw error;
+    }
+  }
+
+  async #decode(id, bytes, copyForDecodeAudioData) {
+    const decoded = decodeWav(this.#context, bytes);
+    if (decoded) return decoded;
+    try {
+      return await this.#context.decodeAudioData(
+        copyForDecodeAudioData ? bytes.slice(0) : bytes,
+      );
+    } catch (error) {
+      throw new StimulusLoadError(
+        id,
+        `decodeAudioData failed (${error?.message ?? error}); serve a format that ` +
+          "browsers decode, such as WAV or FLAC",
+        error,
+      );
     }
   }
 
