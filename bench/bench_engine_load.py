@@ -207,9 +207,10 @@ def main(argv: list[str] | None = None) -> int:
                     executable_path=CHROMIUM_PATH, args=CHROMIUM_ARGS
                 )
                 page = browser.new_page()
-                page.context.new_cdp_session(page).send(
-                    "Network.setCacheDisabled", {"cacheDisabled": True}
-                )
+                session = page.context.new_cdp_session(page)
+                # The cache stays in use unless the Network domain is enabled.
+                session.send("Network.enable")
+                session.send("Network.setCacheDisabled", {"cacheDisabled": True})
                 page.goto(f"{base_url}/harness.html")
                 page.wait_for_function("window.measurePair !== undefined")
                 pairs = []

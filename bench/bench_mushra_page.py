@@ -24,9 +24,10 @@ prepares and sends as 16-bit WAV. In one Chromium run, each repeat measures
     on, which holds the page's stylesheets and modules and nothing else:
     a participant's later pages find them there, but not their new audio.
 
-(a), (b) and (c) run with the browser cache disabled. The script also
-reports when the HTML response of (a) and (b) ended. The order of (a) to
-(d) rotates, one warm-up repeat is discarded, and the medians are
+(a), (b) and (c) run with the browser cache disabled, and the script logs
+a warning for any file that came from a cache where it should not. It
+also reports when the HTML response of (a) and (b) ended. The order of
+(a) to (d) rotates, one warm-up repeat is discarded, and the medians are
 compared.
 
 Run: python bench/bench_mushra_page.py [--repeats 9]
@@ -49,6 +50,7 @@ import tempfile
 import time
 from pathlib import Path
 from string import Template
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -209,9 +211,12 @@ def measure(base: str, repeats: int) -> tuple[list[dict[str, float]], int, str]:
         )
         context = browser.new_context()
         page = context.new_page()
-        context.new_cdp_session(page).send(
-            "Network.setCacheDisabled", {"cacheDisabled": True}
-        )
+        session = context.new_cdp_session(page)
+        # The DevTools session disables the cache only while its Network
+        # domain is enabled. Without it, the page's audio came from the HTTP
+        # cache and its static files from the renderer's memory cache.
+        session.send("Network.enable")
+        session.send("Network.setCacheDisabled", {"cacheDisabled": True})
         page.goto(f"{base}/lab/")
         page.click("#start")
         page.check("#agree")
@@ -231,24 +236,24 @@ def measure(base: str, repeats: int) -> tuple[list[dict[str, float]], int, str]:
                 .reduce((total, entry) => total + entry.encodedBodySize, 0)""",
             urls,
         )
-        page.add_init_script(
-            BASELINE_INIT_SCRIPT.substitute(
-                path=BASELINE_PATH, urls=json.dumps(urls), function=FETCH_AND_DECODE
-            )
-        )
-
         static_urls = page.evaluate(
             """() => performance.getEntriesByType("resource")
                 .filter((entry) => entry.initiatorType !== "fetch")
                 .map((entry) => entry.name)"""
         )
-        # A page of its own, in the same browser context, with the HTTP cache on.
+        page.add_init_script(
+            BASELINE_INIT_SCRIPT.substitute(
+                path=BASELINE_PATH, urls=json.dumps(urls), function=FETCH_AND_DECODE
+            )
+        )
+        # A page of its own, in the same browser context, with the cache on.
         cached_page = context.new_page()
         cached_session = context.new_cdp_session(cached_page)
 
         def time_page(run: int) -> dict[str, float]:
             page.goto(trial_url)
             page.wait_for_selector(READY, timeout=60000)
+            _check_downloads(page, static_files_cached=False)
             return page.evaluate(
                 """() => {
                     const mark = (name) => performance.getEntriesByName(name)[0].startTime;
@@ -270,13 +275,7 @@ def measure(base: str, repeats: int) -> tuple[list[dict[str, float]], int, str]:
             )
             cached_page.goto(trial_url)
             cached_page.wait_for_selector(READY, timeout=60000)
-            downloaded = cached_page.evaluate(
-                """() => performance.getEntriesByType("resource").filter(
-                    (entry) => entry.initiatorType !== "fetch" && entry.transferSize > 0
-                ).map((entry) => entry.name)"""
-            )
-            if downloaded:
-                logger.warning("Static files not taken from the cache: %s", downloaded)
+            _check_downloads(cached_page, static_files_cached=True)
             return {
                 "cached": cached_page.evaluate(
                     """() => performance.getEntriesByName("caqe-mushra-ready")[0].startTime"""
@@ -307,6 +306,25 @@ def measure(base: str, repeats: int) -> tuple[list[dict[str, float]], int, str]:
         version = browser.version
         browser.close()
     return repeats_ms, served_bytes, version
+
+
+def _check_downloads(page: Any, static_files_cached: bool) -> None:
+    """Log the files of a loaded page that came from the wrong place.
+
+    The audio must always be downloaded, and the static files only when
+    ``static_files_cached`` is false.
+    """
+    sizes = page.evaluate(
+        """() => performance.getEntriesByType("resource")
+            .map((entry) => [entry.name, entry.initiatorType, entry.transferSize])"""
+    )
+    for url, initiator, size in sizes:
+        downloaded = size > 0
+        if initiator == "fetch" and not downloaded:
+            logger.warning("Audio taken from a cache: %s", url)
+        elif initiator != "fetch" and downloaded == static_files_cached:
+            where = "downloaded" if downloaded else "taken from a cache"
+            logger.warning("Static file %s: %s", where, url)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
