@@ -116,6 +116,21 @@ def report_sections(study: Any, data: Any) -> list[Any] | None:
 
 
 @hookspec
+def ratings_frame(study: Any, trials: list[Any]) -> Any | None:
+    """Return the ratings rows of a batch of stored trials as one DataFrame.
+
+    Called by ``caqe results export`` and ``caqe analyze`` once per batch of
+    up to 1,000 trials, in export order. ``study`` is the
+    ``caqe_core.study.Study`` and ``trials`` a list of the mappings that
+    ``TestType.export_rows`` receives. Return a ``pandas.DataFrame`` with the
+    rows and columns that ``export_rows`` returns for these trials, indexed by
+    the position of each row's trial in ``trials`` (non-decreasing), or None
+    to let the core call ``export_rows`` once per trial. At most one plugin
+    may return a DataFrame for a batch.
+    """
+
+
+@hookspec
 def participant_consistency(study: Any, session: Any) -> dict[int, float] | None:
     """Return each participant's response consistency in [0, 1].
 
