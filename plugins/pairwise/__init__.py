@@ -49,6 +49,15 @@ def report_sections(study: Any, data: Any) -> list[Any] | None:
 
 
 @hookimpl
+def ratings_frame(study: Any, trials: list[Any]) -> Any | None:
+    if study.config.core.test_type != PairwiseTestType.name:
+        return None
+    from .judgements import judgement_frame
+
+    return judgement_frame(trials)
+
+
+@hookimpl
 def participant_consistency(study: Any, session: Any) -> dict[int, float] | None:
     if study.config.core.test_type != PairwiseTestType.name:
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Session
 from caqe_core.models import Participant, Reservation, Trial
 
 from . import scoring
-from .plugin import judgement_rows
+from .judgements import judgement_frame
 
 logger = logging.getLogger(__name__)
 
@@ -34,15 +35,24 @@ def stored_judgements(study: Any, session: Session) -> pd.DataFrame:
         .where(Participant.experiment_id == study.experiment_id)
         .order_by(Trial.participant_id, Reservation.position)
     )
-    rows: list[dict[str, Any]] = []
+    participants: list[int] = []
+    trials: list[dict[str, Any]] = []
     for participant_id, condition_id, response, plan in session.execute(query):
-        condition = study.conditions[condition_id]
-        for row in judgement_rows(condition.item, condition.scale, plan, response):
-            rows.append({"participant": participant_id, **row})
+        participants.append(participant_id)
+        trials.append(
+            {
+                "condition": study.conditions[condition_id],
+                "plan": plan,
+                "response": response,
+            }
+        )
     columns = [*scoring.JUDGEMENT_COLUMNS, "order_shown"]
-    if not rows:
+    if not trials:
         return pd.DataFrame({column: [] for column in columns})
-    return pd.DataFrame(rows)
+    judgements = judgement_frame(trials)
+    owners = np.asarray(participants, dtype=np.int64)[judgements.index.to_numpy()]
+    judgements.insert(0, "participant", owners)
+    return judgements.reset_index(drop=True)
 
 
 def participant_consistency(study: Any, session: Session) -> dict[int, float]:

@@ -3,6 +3,7 @@ consistency, the report, and the served pages over real HTTP."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -25,6 +26,7 @@ import yaml
 from caqe_pairwise import scoring
 from caqe_pairwise.conditions import design_seed
 from caqe_pairwise.config import PairwiseConfig
+from caqe_pairwise.judgements import judgement_frame
 from caqe_pairwise.plugin import PairwiseTestType
 from caqe_pairwise.report import build_sections, position_bias
 from caqe_pairwise.responses import heard_seconds_from_events, validate_response
@@ -695,6 +697,42 @@ def test_export_rows_one_per_judgement() -> None:
     assert [row["decision_time_ms"] for row in rows] == [2000.0, 2001.0, 2002.0]
     assert all(row["item"] == "item0" and row["scale"] == "quality" for row in rows)
     assert set(rows[0]) == {"item", "scale", *PairwiseTestType.export_columns}
+
+
+def test_judgement_frame_equals_export_rows() -> None:
+    view = condition_view(3, reference=True)
+    no_scale = dataclasses.replace(view, item="item1", scale=None)
+    int_time = response_for(PLAN["pairs"], ["none", "a", "none"])
+    int_time["judgements"][0]["decision_time_ms"] = 2500
+    out_of_order = response_for(PLAN["pairs"], CHOICES)
+    out_of_order["judgements"] = out_of_order["judgements"][::-2]
+    responses = [
+        (view, response_for(PLAN["pairs"], CHOICES)),
+        (no_scale, int_time),
+        (view, {"judgements": []}),
+        (view, out_of_order),
+    ]
+    trials = [
+        {"condition": condition, "plan": PLAN, "response": response}
+        for condition, response in responses
+    ]
+    expected_rows = []
+    expected_index = []
+    for position, trial in enumerate(trials):
+        for row in PairwiseTestType().export_rows(trial):
+            expected_rows.append(row)
+            expected_index.append(position)
+
+    frame = judgement_frame(trials)
+
+    assert list(frame.index) == expected_index
+    assert list(frame.columns) == list(expected_rows[0])
+    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    assert records == expected_rows
+    assert frame["order_shown"].dtype == "int64"
+    assert frame["repeat"].dtype == bool
+    assert frame["decision_time_ms"].dtype == "float64"
+    assert isinstance(frame["stimulus_a"].dtype, pd.StringDtype)
 
 
 # --- served pages ------------------------------------------------------------------
