@@ -542,7 +542,16 @@ async ({ items, failingId, resolvedId, invalidId, textId, sharedUrl }) => {
       lengths: engine.ids.map((id) => engine.getBuffer(id).length),
     };
   } catch (error) {
-    return { ok: false, name: error.name, message: error.message, stimulusId: error.stimulusId };
+    // The other items' bytes still arrive. Wait for them, so that progress
+    // reported after the failure would show up.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    return {
+      ok: false,
+      name: error.name,
+      message: error.message,
+      stimulusId: error.stimulusId,
+      progress,
+    };
   } finally {
     await engine.close();
   }
@@ -587,6 +596,7 @@ def test_load_rejects_failed_item_bytes(page, stimulus_signals):
     assert result["name"] == "StimulusLoadError"
     assert result["stimulusId"] == "s3"
     assert "the early request failed" in result["message"]
+    assert result["progress"] == []
 
 
 def test_load_rejects_item_bytes_of_text(page, stimulus_signals):

@@ -727,6 +727,9 @@ export class AudioEngine {
   async #fetchAndDecode(list, onProgress) {
     const controller = new AbortController();
     let loaded = 0;
+    // Stimuli from item bytes cannot be aborted and may still arrive after
+    // another one failed. Progress stops at the failure.
+    let failed = false;
 
     const fetchBytes = async (id, url) => {
       try {
@@ -762,6 +765,7 @@ export class AudioEngine {
       // decodeAudioData detaches the ArrayBuffer that it decodes, and the
       // bytes of two items may be one ArrayBuffer, so those get a copy.
       const buffer = await this.#decode(id, data, Boolean(bytes));
+      if (failed) return buffer;
       loaded += 1;
       if (onProgress) onProgress(loaded, list.length);
       return buffer;
@@ -770,6 +774,7 @@ export class AudioEngine {
     try {
       return await Promise.all(list.map(loadOne));
     } catch (error) {
+      failed = true;
       controller.abort();
       throw error;
     }
