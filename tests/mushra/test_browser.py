@@ -289,6 +289,8 @@ def test_page_fetches_each_stimulus_once(
     base = served.start()
     requested: list[str] = []
     page.on("request", lambda request: requested.append(request.url))
+    workers: list[str] = []
+    page.on("worker", lambda worker: workers.append(worker.url))
     try:
         page.goto(base + "/")
         page.click("#start")
@@ -314,6 +316,8 @@ def test_page_fetches_each_stimulus_once(
     audio_requests = [url for url in requested if "/a/" in url]
     assert sorted(audio_requests) == sorted(stimulus_urls)
     assert early_requests == len(stimulus_urls)
+    assert len(workers) == 1
+    assert "/static/caqe/fetch-worker.js?v=" in workers[0]
     # Each module is fetched once: its import resolves, through the import
     # map, to the versioned URL that the page preloads.
     assert module_urls
@@ -324,3 +328,52 @@ def test_page_fetches_each_stimulus_once(
         url for url in requested if url.endswith(".js") and "?v=" not in url
     ]
     assert plain_module_requests == []
+
+
+@pytest.fixture
+def served_small(
+    make_study: Callable[..., Path], tmp_path: Path, sqlite_url: str, registry: Registry
+) -> Iterator[ServedStudy]:
+    """A one-page MUSHRA study with three systems behind a real server."""
+    path = make_study(tmp_path / "study", items=1, systems=3)
+    set_registry(registry)
+    served = build_study(path, sqlite_url, registry, tmp_path / "data")
+    served.start()
+    try:
+        yield served
+    finally:
+        served.stop()
+        set_registry(None)
+
+
+def open_first_page(page: Any, base: str) -> None:
+    page.goto(base + "/")
+    page.click("#start")
+    page.check("#agree")
+    page.click("#continue")
+
+
+def test_page_loads_without_fetch_worker(page: Any, served_small: ServedStudy) -> None:
+    page.route("**/fetch-worker.js*", lambda route: route.fulfill(status=404))
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    open_first_page(page, served_small.url)
+    page.wait_for_selector(READY, timeout=30000)
+
+    audio_requests = [url for url in requested if "/a/" in url]
+    assert len(audio_requests) == len(set(audio_requests))
+    assert len(audio_requests) == len(signal_ids(page)) + 1
+
+
+def test_page_reports_missing_stimulus(page: Any, served_small: ServedStudy) -> None:
+    open_first_page(page, served_small.url)
+    page.wait_for_selector(READY, timeout=30000)
+    missing = page.evaluate(
+        """() => JSON.parse(document.getElementById("mushra-settings").textContent)
+            .signals[1].url"""
+    )
+    page.route(f"**{missing}", lambda route: route.fulfill(status=404))
+    page.reload()
+    page.wait_for_selector("#mushra[data-state=failed]", timeout=30000)
+
+    assert "could not be loaded" in page.inner_text("#mushra-loading-text")
