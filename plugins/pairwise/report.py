@@ -125,8 +125,12 @@ def _normalise(judgements: pd.DataFrame) -> pd.DataFrame:
     table = table.dropna(subset=["stimulus_a", "stimulus_b", "choice"])
     for column in ("participant", "item", "stimulus_a", "stimulus_b", "choice"):
         table[column] = table[column].astype(str)
-    table["scale"] = table["scale"].astype(object).where(table["scale"].notna(), "")
-    table["scale"] = table["scale"].astype(str)
+    scale = table["scale"]
+    if isinstance(scale.dtype, pd.StringDtype):
+        # Filled in place of going through Python objects, one per row.
+        table["scale"] = scale.fillna("").astype(str)
+    else:
+        table["scale"] = scale.astype(object).where(scale.notna(), "").astype(str)
     table["repeat"] = table["repeat"].fillna(False).astype(bool)
     return table.reset_index(drop=True)
 

@@ -61,8 +61,9 @@ _BOOTSTRAP_TOL = 1e-6
 _BOOTSTRAP_BLOCK_VALUES = 4 * 1024 * 1024
 
 # Maximum number of float64 values in one block of stacked per-group preference
-# matrices of the triad count (32 MiB).
-_TRIAD_BLOCK_VALUES = 4 * 1024 * 1024
+# matrices of the triad count (8 MiB). A block needs about six arrays of this
+# size at once.
+_TRIAD_BLOCK_VALUES = 1024 * 1024
 
 
 def win_matrix(
@@ -683,7 +684,8 @@ def _triad_counts(frame: pd.DataFrame) -> pd.DataFrame:
     stacked into one array, with the group's systems numbered from 0, so
     the traces come from batched matrix products.
     """
-    firsts = frame[~frame["repeat"].to_numpy(dtype=bool)]
+    is_repeat = frame["repeat"].to_numpy(dtype=bool)
+    firsts = frame[~is_repeat] if is_repeat.any() else frame
     columns = ["n_triads", "circular_triads"]
     if firsts.empty:
         return pd.DataFrame(
