@@ -24,8 +24,9 @@ prepares and sends as 16-bit WAV. In one Chromium run, each repeat measures
     on, which holds the page's stylesheets and modules and nothing else:
     a participant's later pages find them there, but not their new audio.
 
-(a), (b) and (c) run with the browser cache disabled, and the script logs
-a warning for any file that came from a cache where it should not. It
+(a), (b) and (c) run with the browser cache disabled and emptied, and the
+script logs a warning for any file of the page's own requests that came
+from a cache where it should not. It
 also reports when the HTML response of (a) and (b) ended. The order of
 (a) to (d) rotates, one warm-up repeat is discarded, and the medians are
 compared.
@@ -217,6 +218,14 @@ def measure(base: str, repeats: int) -> tuple[list[dict[str, float]], int, str]:
         # cache and its static files from the renderer's memory cache.
         session.send("Network.enable")
         session.send("Network.setCacheDisabled", {"cacheDisabled": True})
+
+        def clear_cache() -> None:
+            # The page's fetch worker is a DevTools target of its own, which
+            # the setting above does not reach, so the HTTP cache is emptied
+            # before each run. With the audio's URLs counted at the server,
+            # every run then requested all 13 files.
+            session.send("Network.clearBrowserCache")
+
         page.goto(f"{base}/lab/")
         page.click("#start")
         page.check("#agree")
@@ -231,9 +240,13 @@ def measure(base: str, repeats: int) -> tuple[list[dict[str, float]], int, str]:
             }"""
         )
         served_bytes = page.evaluate(
-            """(urls) => performance.getEntriesByType("resource")
-                .filter((entry) => urls.some((url) => entry.name.endsWith(url)))
-                .reduce((total, entry) => total + entry.encodedBodySize, 0)""",
+            """async (urls) => {
+                const sizes = await Promise.all(urls.map(async (url) => {
+                    const response = await fetch(url, { method: "HEAD" });
+                    return Number(response.headers.get("Content-Length"));
+                }));
+                return sizes.reduce((total, size) => total + size, 0);
+            }""",
             urls,
         )
         static_urls = page.evaluate(
@@ -251,6 +264,7 @@ def measure(base: str, repeats: int) -> tuple[list[dict[str, float]], int, str]:
         cached_session = context.new_cdp_session(cached_page)
 
         def time_page(run: int) -> dict[str, float]:
+            clear_cache()
             page.goto(trial_url)
             page.wait_for_selector(READY, timeout=60000)
             _check_downloads(page, static_files_cached=False)
@@ -283,6 +297,7 @@ def measure(base: str, repeats: int) -> tuple[list[dict[str, float]], int, str]:
             }
 
         def time_baseline(run: int) -> dict[str, float]:
+            clear_cache()
             page.goto(f"{base}{BASELINE_PATH}?run={run}")
             return {
                 "baseline": page.evaluate("window.caqeBaseline"),
@@ -292,6 +307,7 @@ def measure(base: str, repeats: int) -> tuple[list[dict[str, float]], int, str]:
             }
 
         def time_in_page(run: int) -> dict[str, float]:
+            clear_cache()
             page.goto(f"{base}/lab/")
             fresh = [f"{url}?in-page={run}" for url in urls]
             return {"in_page": page.evaluate(IN_PAGE_BASELINE, fresh)}
