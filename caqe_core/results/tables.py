@@ -61,8 +61,8 @@ TABLE_NAMES = (
     "stimuli",
 )
 
-# Rows of trials converted per batch. Each batch becomes a DataFrame before
-# the next starts, so the per-row dicts of at most one batch are alive.
+# Trials read and converted per batch. Each batch becomes columns before the
+# next is read, so the decoded documents of at most one batch are alive.
 TRIAL_BATCH_SIZE = 1000
 
 RESERVED_RATING_COLUMNS = frozenset(
@@ -417,36 +417,47 @@ def _load_ratings(
     on_trials: Callable[[int], None] | None,
 ) -> pd.DataFrame:
     test_type = study.test_type
-    query = (
-        select(
-            Trial.participant_id,
-            Trial.condition_id,
-            Trial.idempotency_key,
-            # The documents are read as text and decoded with orjson when
-            # it is installed: SQLAlchemy's JSON type decodes them with the
-            # json module, which took about 5 s for 40,000 pairwise trials.
-            sql_cast(Trial.response, Text).label("response_text"),
-            Trial.time_on_page_ms,
-            Trial.created_at,
-            Reservation.public_id,
-            Reservation.position,
-            sql_cast(Reservation.plan, Text).label("plan_text"),
-            Reservation.first_served_at,
-            Reservation.created_at.label("reserved_at"),
-        )
+    # Only the ids are sorted: sorting the rows themselves made SQLite copy
+    # every JSON document through a temporary b-tree.
+    trial_ids = session.scalars(
+        select(Trial.id)
         .join(Reservation, Trial.reservation_id == Reservation.id)
         .join(Participant, Trial.participant_id == Participant.id)
         .where(Participant.experiment_id == study.experiment_id)
         .order_by(Participant.sequence, Reservation.position)
-    )
+    ).all()
+    query = select(
+        Trial.id,
+        Trial.participant_id,
+        Trial.condition_id,
+        Trial.idempotency_key,
+        # The documents are read as text and decoded with orjson when
+        # it is installed: SQLAlchemy's JSON type decodes them with the
+        # json module, which took about 5 s for 40,000 pairwise trials.
+        sql_cast(Trial.response, Text).label("response_text"),
+        Trial.time_on_page_ms,
+        Trial.created_at,
+        Reservation.public_id,
+        Reservation.position,
+        sql_cast(Reservation.plan, Text).label("plan_text"),
+        Reservation.first_served_at,
+        Reservation.created_at.label("reserved_at"),
+    ).join(Reservation, Trial.reservation_id == Reservation.id)
     trial_batches: list[pd.DataFrame] = []
     row_batches: list[dict[str, pd.Series]] = []
     owner_batches: list[np.ndarray] = []
     trial_count = 0
     extra_columns: dict[str, None] = {}
     ignored: set[str] = set()
-    result = session.execute(query.execution_options(yield_per=TRIAL_BATCH_SIZE))
-    for partition in result.partitions():
+    for start in range(0, len(trial_ids), TRIAL_BATCH_SIZE):
+        batch_ids = trial_ids[start : start + TRIAL_BATCH_SIZE]
+        found = {
+            row.id: row for row in session.execute(query.where(Trial.id.in_(batch_ids)))
+        }
+        # A trial deleted since the ids were read is left out.
+        partition = [found[trial_id] for trial_id in batch_ids if trial_id in found]
+        if not partition:
+            continue
         with _gc_paused():
             trials, rows, owners = _ratings_batch(
                 partition, study, test_type, participant_ids, extra_columns, ignored
@@ -509,7 +520,9 @@ def _join_trials(
             values = exported.where(exported.notna(), values)
         columns[name] = values
     row_batches.clear()
-    return pd.DataFrame(columns)
+    # The columns are new arrays that nothing else refers to, so the frame
+    # takes them without the copy that a dict of columns gets by default.
+    return pd.DataFrame(columns, copy=False)
 
 
 def _concat_batches(
@@ -530,7 +543,7 @@ def _gc_paused() -> Iterator[None]:
 
     A batch of 1,000 pairwise trials keeps about 10^5 decoded JSON dicts
     alive until it ends, and the collections that new allocations trigger
-    walk them again and again: in a profile of 40,000 such trials, decoding
+    walk them again and again. In a profile of 40,000 such trials, decoding
     took three times as long with the collector running. The decoded
     documents form no reference cycles, so reference counting frees them.
     """
@@ -619,8 +632,8 @@ def _export_batch(
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Turn a batch of trials into ratings rows and the index of each row's trial.
 
-    A plugin's ``ratings_frame`` hook returns the rows of the whole batch;
-    without one, the test type's ``export_rows`` is called once per trial.
+    A plugin's ``ratings_frame`` hook returns the rows of the whole batch.
+    Without one, the test type's ``export_rows`` is called once per trial.
     """
     try:
         frames = study.registry.hook.ratings_frame(study=study, trials=trials)

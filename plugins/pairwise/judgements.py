@@ -21,7 +21,8 @@ from caqe_core.results.tables import STRING_DTYPE
 _JUDGEMENT_FIELDS = itemgetter("pair", "choice", "decision_time_ms", "played_seconds")
 _PAIR_FIELDS = itemgetter("a", "b", "repeat")
 _SIGNAL_FIELDS = itemgetter("id", "stimulus")
-_PLAYED_FIELDS = itemgetter("a", "b")
+_PLAYED_A = itemgetter("a")
+_PLAYED_B = itemgetter("b")
 
 
 def judgement_frame(trials: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -40,16 +41,15 @@ def judgement_frame(trials: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     n_rows = len(columns.pair)
     trial_of_row = np.repeat(np.arange(len(trials)), columns.counts)
     conditions = [trial["condition"] for trial in trials]
-    items = pd.array([condition.item for condition in conditions], dtype=STRING_DTYPE)
-    scales = pd.array([condition.scale for condition in conditions], dtype=STRING_DTYPE)
-    stimulus_a = pd.Series(pd.array(columns.stimulus_a, dtype=STRING_DTYPE))
-    stimulus_b = pd.Series(pd.array(columns.stimulus_b, dtype=STRING_DTYPE))
-    choice = pd.array(columns.choice, dtype=STRING_DTYPE)
+    items = _strings([condition.item for condition in conditions])
+    scales = _strings([condition.scale for condition in conditions])
+    stimulus_a = pd.Series(_strings(columns.stimulus_a))
+    stimulus_b = pd.Series(_strings(columns.stimulus_b))
+    choice = _strings(columns.choice)
     chose_a = (choice == "a").to_numpy(dtype=bool, na_value=False)
     chose_b = (choice == "b").to_numpy(dtype=bool, na_value=False)
-    played_a, played_b = (
-        zip(*map(_PLAYED_FIELDS, columns.played), strict=True) if n_rows else ((), ())
-    )
+    played_a = list(map(_PLAYED_A, columns.played))
+    played_b = list(map(_PLAYED_B, columns.played))
 
     return pd.DataFrame(
         {
@@ -65,10 +65,11 @@ def judgement_frame(trials: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             "decision_time_ms": _floats(columns.decision_time_ms),
             "played_a_seconds": _floats(played_a),
             "played_b_seconds": _floats(played_b),
-            "signal_a": pd.array(columns.signal_a, dtype=STRING_DTYPE),
-            "signal_b": pd.array(columns.signal_b, dtype=STRING_DTYPE),
+            "signal_a": _strings(columns.signal_a),
+            "signal_b": _strings(columns.signal_b),
         },
         index=pd.Index(trial_of_row),
+        copy=False,
     )
 
 
@@ -119,3 +120,15 @@ class _JudgementColumns:
 def _floats(values: Sequence[Any]) -> np.ndarray:
     # float() on each value, as judgement_rows converts them.
     return np.fromiter(map(float, values), dtype=float, count=len(values))
+
+
+def _strings(values: Sequence[str | None]) -> Any:
+    """Return ``values`` as an array of the export's string dtype."""
+    if STRING_DTYPE.storage == "pyarrow":
+        import pyarrow
+
+        # pyarrow reads the list itself, without pandas' check of each value.
+        return pd.arrays.ArrowStringArray(
+            pyarrow.array(values, type=pyarrow.large_string())
+        )
+    return pd.array(values, dtype=STRING_DTYPE)

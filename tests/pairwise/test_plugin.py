@@ -23,7 +23,7 @@ import pytest
 import requests
 import soundfile as sf
 import yaml
-from caqe_pairwise import scoring
+from caqe_pairwise import judgements, scoring
 from caqe_pairwise.conditions import design_seed
 from caqe_pairwise.config import PairwiseConfig
 from caqe_pairwise.judgements import judgement_frame
@@ -699,7 +699,12 @@ def test_export_rows_one_per_judgement() -> None:
     assert set(rows[0]) == {"item", "scale", *PairwiseTestType.export_columns}
 
 
-def test_judgement_frame_equals_export_rows() -> None:
+@pytest.mark.parametrize("storage", ["pyarrow", "python"])
+def test_judgement_frame_equals_export_rows(
+    storage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    string_dtype = pd.StringDtype(storage, na_value=pd.NA)
+    monkeypatch.setattr(judgements, "STRING_DTYPE", string_dtype)
     view = condition_view(3, reference=True)
     no_scale = dataclasses.replace(view, item="item1", scale=None)
     int_time = response_for(PLAN["pairs"], ["none", "a", "none"])
@@ -732,7 +737,8 @@ def test_judgement_frame_equals_export_rows() -> None:
     assert frame["order_shown"].dtype == "int64"
     assert frame["repeat"].dtype == bool
     assert frame["decision_time_ms"].dtype == "float64"
-    assert isinstance(frame["stimulus_a"].dtype, pd.StringDtype)
+    assert frame["stimulus_a"].dtype == string_dtype
+    assert frame["system"].dtype == string_dtype
 
 
 # --- served pages ------------------------------------------------------------------
