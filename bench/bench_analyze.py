@@ -15,7 +15,7 @@ time.perf_counter and peak memory from the subprocess's resource usage
 `caqe results export --format csv` of the same database: reading every
 table without any statistics or figures.
 
-Usage: python bench/bench_analyze.py [--workdir DIR] [--keep] [--repeats N]
+Usage: python bench/bench_analyze.py [--workdir DIR] [--keep] [--reuse] [--repeats N]
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from sqlalchemy import insert, update
+from sqlalchemy import func, insert, select, update
 
 from caqe_core.config import load_config
 from caqe_core.db import make_engine, make_session_factory, upgrade
@@ -290,12 +290,23 @@ def fill_database(
 
 
 def build(
-    folder: Path, config_path: Path, listeners: int, respond: Callable[..., Any]
+    folder: Path,
+    config_path: Path,
+    listeners: int,
+    respond: Callable[..., Any],
+    reuse: bool = False,
 ) -> tuple[str, int]:
     os.environ["CAQE_PLUGINS"] = PLUGINS
     registry = build_registry()
     database = folder / f"{config_path.stem}.sqlite"
     url = f"sqlite:///{database}"
+    if reuse and database.exists():
+        engine = make_engine(url)
+        with engine.connect() as connection:
+            trials = connection.scalar(select(func.count()).select_from(Trial)) or 0
+        engine.dispose()
+        print(f"  reused {trials} trials in {database}", flush=True)
+        return url, trials
     engine = make_engine(url)
     upgrade(engine)
     factory = make_session_factory(engine)
@@ -366,6 +377,14 @@ def main() -> None:
     )
     parser.add_argument("--keep", action="store_true", help="Keep the work folder.")
     parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help=(
+            "Reuse the databases that an earlier run left in --workdir instead of "
+            "building them; the listener options must match that run."
+        ),
+    )
+    parser.add_argument(
         "--repeats",
         type=int,
         default=3,
@@ -375,6 +394,8 @@ def main() -> None:
     parser.add_argument("--pairwise-listeners", type=int, default=2000)
     options = parser.parse_args()
 
+    if options.reuse and options.workdir is None:
+        parser.error("--reuse needs --workdir, the folder of the earlier run.")
     folder = options.workdir or Path(tempfile.mkdtemp(prefix="caqe-bench-analyze-"))
     folder.mkdir(parents=True, exist_ok=True)
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
@@ -388,12 +409,14 @@ def main() -> None:
         mushra_config(folder, options.mushra_listeners),
         options.mushra_listeners,
         mushra_response,
+        options.reuse,
     )
     pairwise_url, pairwise_trials = build(
         folder,
         pairwise_config(folder, options.pairwise_listeners),
         options.pairwise_listeners,
         pairwise_response,
+        options.reuse,
     )
     cases = [
         (
