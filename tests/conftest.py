@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -19,6 +20,11 @@ from caqe_core.plugins import Registry, build_registry, set_registry
 from tests.support import scale_plugin
 from tests.support.server import ServedStudy, build_study
 from tests.support.studies import scale_study
+
+# Hypothesis checks properties, not speed: its per-example deadline fails
+# tests on a loaded machine, so it is off for the whole suite.
+settings.register_profile("caqe", deadline=None)
+settings.load_profile("caqe")
 
 POSTGRES_ENV = "CAQE_TEST_POSTGRES_URL"
 IN_CI = os.environ.get("CI", "").lower() == "true"
