@@ -16,7 +16,7 @@ import random
 import secrets
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -135,10 +135,31 @@ def condition_load(session: Session, experiment_id: int) -> Counter[int]:
     return Counter({condition_id: load for condition_id, load in rows})
 
 
-class Assigned(list[Reservation]):
+class HeldReservation(Protocol):
+    """The reservation fields a page reads: an ORM ``Reservation`` or a row of its columns."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def public_id(self) -> str: ...
+    @property
+    def condition_id(self) -> int: ...
+    @property
+    def position(self) -> int: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def plan(self) -> dict[str, Any]: ...
+    @property
+    def expires_at(self) -> dt.datetime: ...
+    @property
+    def first_served_at(self) -> dt.datetime | None: ...
+
+
+class Assigned(list[HeldReservation]):
     """Active reservations in page order, plus how many the participant completed."""
 
-    def __init__(self, active: list[Reservation], completed: int) -> None:
+    def __init__(self, active: Sequence[HeldReservation], completed: int) -> None:
         super().__init__(active)
         self.completed = completed
 
@@ -286,7 +307,7 @@ def _done_in_earlier_sessions(session: Session, participant: Participant) -> set
 
 
 def reservations_in_hand(
-    study: Study, own: Sequence[Reservation], now: dt.datetime | None = None
+    study: Study, own: Sequence[HeldReservation], now: dt.datetime | None = None
 ) -> Assigned | None:
     """Return the participant's active reservations when nothing needs the experiment lock.
 

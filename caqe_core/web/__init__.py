@@ -7,7 +7,7 @@ import hmac
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from flask import Flask, current_app, g, jsonify, render_template, request
 from itsdangerous import BadSignature, URLSafeSerializer
@@ -20,6 +20,15 @@ from caqe_core.study import Study
 logger = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 1_000_000
+
+
+class ParticipantKey(Protocol):
+    """The ids of a participant that URLs and tokens use: an ORM row or a plain record."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def public_id(self) -> str: ...
 
 
 @dataclass

@@ -11,9 +11,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from caqe_core.audio import prepare_copy, read_audio
-from caqe_core.models import Participant, Stimulus
+from caqe_core.models import Stimulus
 from caqe_core.study import prepared_dir
-from caqe_core.web import current_study, db_session, state
+from caqe_core.web import ParticipantKey, current_study, db_session, state
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,9 @@ def stimulus_url(participant_id: int, stimulus_id: int) -> str:
     return url_for("audio.serve", token=token)
 
 
-def asset_url(session: Session, participant: Participant, path: Path, role: str) -> str:
+def asset_url(
+    session: Session, participant: ParticipantKey, path: Path, role: str
+) -> str:
     """URL of a generated file (a screening tone), registering it on first use."""
     path = Path(path).resolve()
     study = current_study()

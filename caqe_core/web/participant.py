@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import math
 import random
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from flask import Blueprint, abort, redirect, request, url_for
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from caqe_core.assignment import (
+    HeldReservation,
     change_load,
     completed_count,
     ensure_reservations,
@@ -31,6 +36,7 @@ from caqe_core.models import (
 )
 from caqe_core.web import (
     MAX_REQUEST_BYTES,
+    ParticipantKey,
     check_csrf,
     csrf_token,
     current_study,
@@ -57,7 +63,7 @@ def index() -> Any:
     return redirect(url_for(recruiter.entry_endpoint))
 
 
-def participant_url(participant: Participant) -> str:
+def participant_url(participant: ParticipantKey) -> str:
     return url_for("participant.page", token=participant_token(participant.public_id))
 
 
@@ -82,21 +88,78 @@ def _participant_or_404(token: str) -> Participant:
     return participant
 
 
+@dataclass(slots=True)
+class _ParticipantRow:
+    """The columns of a participant that a trial page or a response reads."""
+
+    id: int
+    public_id: str
+    step: str
+
+
+@dataclass(slots=True)
+class _ReservationRow:
+    """A reservation's columns, read without the ORM (see ``HeldReservation``)."""
+
+    id: int
+    public_id: str
+    participant_id: int
+    condition_id: int
+    position: int
+    status: str
+    plan: dict[str, Any]
+    expires_at: dt.datetime
+    first_served_at: dt.datetime | None
+
+
+_PARTICIPANT_COLUMNS = (Participant.id, Participant.public_id, Participant.step)
+_RESERVATION_COLUMNS = (
+    Reservation.id.label("reservation_id"),
+    Reservation.public_id.label("reservation_public_id"),
+    Reservation.participant_id.label("reservation_participant_id"),
+    Reservation.condition_id,
+    Reservation.position,
+    Reservation.status,
+    Reservation.plan,
+    Reservation.expires_at,
+    Reservation.first_served_at,
+)
+
+
+def _reservation_of(row: Any) -> _ReservationRow | None:
+    if row.reservation_id is None:
+        return None
+    return _ReservationRow(
+        id=row.reservation_id,
+        public_id=row.reservation_public_id,
+        participant_id=row.reservation_participant_id,
+        condition_id=row.condition_id,
+        position=row.position,
+        status=row.status,
+        plan=row.plan,
+        expires_at=row.expires_at,
+        first_served_at=row.first_served_at,
+    )
+
+
 def _participant_and_reservations(
     token: str,
-) -> tuple[Participant, list[Reservation]] | None:
+) -> tuple[_ParticipantRow, list[_ReservationRow]] | None:
     """Read the participant and all their reservations, in page order, in one query.
 
-    The rows come from the autocommit ``read_session()``: a trial page is
-    served from them without a transaction.
+    The rows come from the autocommit ``read_session()`` through SQLAlchemy
+    Core: a trial page is served from them without a transaction and
+    without building ORM objects.
     """
     public_id = decode_participant_token(token)
     if public_id is None:
         return None
     rows = (
         read_session()
+        .connection()
         .execute(
-            select(Participant, Reservation)
+            select(*_PARTICIPANT_COLUMNS, *_RESERVATION_COLUMNS)
+            .select_from(Participant)
             .outerjoin(Reservation, Reservation.participant_id == Participant.id)
             .where(
                 Participant.public_id == public_id,
@@ -108,7 +171,12 @@ def _participant_and_reservations(
     )
     if not rows:
         return None
-    return rows[0][0], [row[1] for row in rows if row[1] is not None]
+    first = rows[0]
+    participant = _ParticipantRow(
+        id=first.id, public_id=first.public_id, step=first.step
+    )
+    reservations = [_reservation_of(row) for row in rows]
+    return participant, [held for held in reservations if held is not None]
 
 
 @bp.get("/p/<token>/")
@@ -118,9 +186,9 @@ def page(token: str) -> Any:
         abort(
             404, "This link is not valid. Open the study from the link you were given."
         )
-    participant, own = found
-    if participant.step == "trials":
-        return _render_trial(token, participant, own)
+    row, own = found
+    if row.step == "trials":
+        return _render_trial(token, row, own)
     # Every other step may change the participant: load it into the
     # request's transaction.
     participant = _participant_or_404(token)
@@ -221,13 +289,13 @@ def _step_page(token: str, participant: Participant) -> StepPage:
     )
 
 
-def _asset_url_for(participant: Participant) -> Any:
+def _asset_url_for(participant: ParticipantKey) -> Any:
     session = db_session()
     return lambda path, role="asset": asset_url(session, participant, path, role)
 
 
 def _signal_urls(
-    participant: Participant, condition: Any, plan: dict[str, Any]
+    participant: ParticipantKey, condition: Any, plan: dict[str, Any]
 ) -> dict[str, str]:
     return {
         signal["id"]: stimulus_url(
@@ -239,8 +307,8 @@ def _signal_urls(
 
 def _trial_page(
     token: str,
-    participant: Participant,
-    reservation: Reservation,
+    participant: ParticipantKey,
+    reservation: HeldReservation,
     position: int,
     total: int,
 ) -> TrialPage:
@@ -265,13 +333,14 @@ def _trial_page(
 
 
 def _render_trial(
-    token: str, participant: Participant, own: list[Reservation] | None
+    token: str, participant: ParticipantKey, own: Sequence[HeldReservation] | None
 ) -> Any:
     """Render the participant's next trial page.
 
     ``own`` is the list of the participant's reservations read with it, or
-    None to read them here. When they are all in hand, the page needs no lock and no
-    transaction: one read, and one update the first time a page is served.
+    None to read them here. When they are all in hand, the page needs no
+    lock and no transaction: one read, and one update the first time a page
+    is served.
     """
     study = current_study()
     reader = read_session()
@@ -293,35 +362,17 @@ def _render_trial(
             state().session_factory, study, participant.id
         )
     if not reservations:
-        session = db_session()
-        stored = session.get(Participant, participant.id)
-        if stored is None or stored.step != "trials" or not claim_step(session, stored):
-            session.rollback()
-            return redirect(participant_url(participant), code=303)
-        participant = stored
-        if completed_count(session, participant.id) == 0:
-            end_session(participant, "no_work")
-            logger.info(
-                "Participant %s found no work left in %s", participant.id, study.name
-            )
-        else:
-            advance(session, study, participant)
-        finished = participant.step == DONE
-        session.commit()
-        if finished:
-            notify_finished(state().session_factory, study, participant.id)
-        return redirect(participant_url(participant), code=303)
+        return _finish_trials(participant)
     reservation = reservations[0]
     if reservation.first_served_at is None:
         # One statement, committed on its own: a lost race only leaves the
         # first time of the two.
-        reader.execute(
+        reader.connection().execute(
             update(Reservation)
             .where(
                 Reservation.id == reservation.id, Reservation.first_served_at.is_(None)
             )
             .values(first_served_at=utcnow())
-            .execution_options(synchronize_session=False)
         )
     done = reservations.completed
     page_data = _trial_page(
@@ -331,6 +382,26 @@ def _render_trial(
     # The page may have registered extra audio through page_data.audio_url.
     db_session().commit()
     return html
+
+
+def _finish_trials(participant: ParticipantKey) -> Any:
+    """Move a participant with no trials left past the trials step."""
+    study = current_study()
+    session = db_session()
+    stored = session.get(Participant, participant.id)
+    if stored is None or stored.step != "trials" or not claim_step(session, stored):
+        session.rollback()
+        return redirect(participant_url(participant), code=303)
+    if completed_count(session, stored.id) == 0:
+        end_session(stored, "no_work")
+        logger.info("Participant %s found no work left in %s", stored.id, study.name)
+    else:
+        advance(session, study, stored)
+    finished = stored.step == DONE
+    session.commit()
+    if finished:
+        notify_finished(state().session_factory, study, stored.id)
+    return redirect(participant_url(stored), code=303)
 
 
 def _render_training(token: str, participant: Participant) -> Any:
@@ -407,24 +478,36 @@ def submit_trial(token: str, reservation_id: str) -> Any:
     session = db_session()
     # The participant, the trial named in the URL and an earlier submission
     # with this key, in one round trip.
-    row = session.execute(
-        select(Participant, Reservation, Trial)
-        .select_from(Participant)
-        .outerjoin(Reservation, Reservation.public_id == reservation_id)
-        .outerjoin(
-            Trial,
-            and_(Trial.participant_id == Participant.id, Trial.idempotency_key == key),
+    row = (
+        session.connection()
+        .execute(
+            select(
+                *_PARTICIPANT_COLUMNS,
+                *_RESERVATION_COLUMNS,
+                Trial.acknowledgement.label("replayed"),
+            )
+            .select_from(Participant)
+            .outerjoin(Reservation, Reservation.public_id == reservation_id)
+            .outerjoin(
+                Trial,
+                and_(
+                    Trial.participant_id == Participant.id,
+                    Trial.idempotency_key == key,
+                ),
+            )
+            .where(
+                Participant.public_id == public_id,
+                Participant.experiment_id == current_study().experiment_id,
+            )
         )
-        .where(
-            Participant.public_id == public_id,
-            Participant.experiment_id == current_study().experiment_id,
-        )
-    ).first()
+        .first()
+    )
     if row is None:
         return json_error(404, "Unknown participant token.", "token")
-    participant, reservation, replay = row
-    if replay is not None:
-        return replay.acknowledgement
+    if row.replayed is not None:
+        return row.replayed
+    participant = _ParticipantRow(id=row.id, public_id=row.public_id, step=row.step)
+    reservation = _reservation_of(row)
     if reservation is None:
         return json_error(404, f"Unknown trial {reservation_id!r}.", "trial")
     if reservation.participant_id != participant.id:
@@ -469,39 +552,48 @@ def submit_trial(token: str, reservation_id: str) -> Any:
         "trial": reservation.public_id,
         "next": url_for("participant.page", token=token),
     }
-    trial = Trial(
-        reservation_id=reservation.id,
-        participant_id=participant.id,
-        condition_id=reservation.condition_id,
-        idempotency_key=key,
-        response=cleaned,
-        acknowledgement=acknowledgement,
-        time_on_page_ms=time_on_page,
-    )
-    session.add(trial)
+    signals = {
+        signal["id"]: signal["stimulus"] for signal in reservation.plan["signals"]
+    }
+    connection = session.connection()
     try:
-        session.flush()
+        trial_id = connection.execute(
+            insert(Trial)
+            .values(
+                reservation_id=reservation.id,
+                participant_id=participant.id,
+                condition_id=reservation.condition_id,
+                idempotency_key=key,
+                response=cleaned,
+                acknowledgement=acknowledgement,
+                time_on_page_ms=time_on_page,
+            )
+            .returning(Trial.id)
+        ).scalar_one()
         _complete_reservation(session, reservation)
-        signals = {
-            signal["id"]: signal["stimulus"] for signal in reservation.plan["signals"]
-        }
-        for sequence, event in enumerate(events):
-            session.add(
-                ListeningEvent(
-                    trial_id=trial.id,
-                    participant_id=participant.id,
-                    sequence=sequence,
-                    type=event["type"],
-                    time_ms=event["time"],
-                    position=event.get("position"),
-                    signal=event.get("to") or event.get("signal"),
-                    stimulus_key=signals.get(event.get("to") or event.get("signal")),
-                    data={
-                        key: value
-                        for key, value in event.items()
-                        if key not in ("type", "time", "position")
-                    },
-                )
+        if events:
+            connection.execute(
+                insert(ListeningEvent),
+                [
+                    {
+                        "trial_id": trial_id,
+                        "participant_id": participant.id,
+                        "sequence": sequence,
+                        "type": event["type"],
+                        "time_ms": event["time"],
+                        "position": event.get("position"),
+                        "signal": event.get("to") or event.get("signal"),
+                        "stimulus_key": signals.get(
+                            event.get("to") or event.get("signal")
+                        ),
+                        "data": {
+                            name: value
+                            for name, value in event.items()
+                            if name not in ("type", "time", "position")
+                        },
+                    }
+                    for sequence, event in enumerate(events)
+                ],
             )
         session.commit()
     except IntegrityError:
@@ -517,20 +609,22 @@ def submit_trial(token: str, reservation_id: str) -> Any:
         return json_error(409, "This trial was already answered.", "trial")
     logger.info(
         "Stored trial %s of participant %s (condition %s)",
-        trial.id,
+        trial_id,
         participant.id,
         reservation.condition_id,
     )
     if study.registry.hook.trial_stored.get_hookimpls():
+        trial = session.get(Trial, trial_id)
+        stored = session.get(Participant, participant.id)
         experiment = session.get(Experiment, study.experiment_id)
         study.registry.hook.trial_stored(
-            trial=trial, participant=participant, experiment=experiment, session=session
+            trial=trial, participant=stored, experiment=experiment, session=session
         )
         session.commit()
     return acknowledgement
 
 
-def _complete_reservation(session: Any, reservation: Reservation) -> None:
+def _complete_reservation(session: Session, reservation: HeldReservation) -> None:
     """Mark the reservation completed, whatever status a concurrent request gave it.
 
     An assignment may expire the reservation, or its participant's next page
@@ -545,11 +639,10 @@ def _complete_reservation(session: Any, reservation: Reservation) -> None:
             status = session.scalar(
                 select(Reservation.status).where(Reservation.id == reservation.id)
             )
-        result = session.execute(
+        result = session.connection().execute(
             update(Reservation)
             .where(Reservation.id == reservation.id, Reservation.status == status)
             .values(status="completed", completed_at=utcnow())
-            .execution_options(synchronize_session=False)
         )
         if result.rowcount != 1:
             status = None
