@@ -33,8 +33,8 @@ from caqe_core.results.exclusions import (
     exclusion_table,
 )
 from caqe_core.results.report import (
-    figure_html,
     file_stem,
+    png_html,
     render_page,
     save_figure,
     save_table,
@@ -105,10 +105,11 @@ class _Outputs:
         self._stems.add((kind, candidate))
         return candidate
 
-    def figure(self, figure: Figure, stem: str) -> None:
-        self.files.extend(
-            save_figure(figure, self.figures_dir, self._unique("figure", stem))
-        )
+    def figure(self, figure: Figure, stem: str) -> bytes:
+        """Save ``figure`` as PNG and SVG and return the PNG bytes."""
+        png, svg = save_figure(figure, self.figures_dir, self._unique("figure", stem))
+        self.files += [png, svg]
+        return png.read_bytes()
 
     def table(self, table: Any, stem: str) -> None:
         self.files.append(
@@ -455,11 +456,9 @@ def _ratings_section(data: StudyData, outputs: _Outputs) -> dict[str, Any] | Non
     for scale, group in summary.groupby("scale", sort=True):
         figure = _summary_figure(group, column, str(scale))
         stem = f"ratings_{scale}" if scale else "ratings"
-        outputs.figure(figure, stem)
+        png = outputs.figure(figure, stem)
         parts.append(
-            figure_html(
-                figure, f"Mean {column} per system with 95 % confidence intervals"
-            )
+            png_html(png, f"Mean {column} per system with 95 % confidence intervals")
         )
     parts.append(
         _paragraph(
@@ -657,8 +656,8 @@ def _timing_section(data: StudyData, outputs: _Outputs) -> dict[str, Any]:
     parts: list[Any] = [_facts(facts)]
     if len(present):
         figure = _time_histogram(present.to_numpy())
-        outputs.figure(figure, "time_per_trial")
-        parts.append(figure_html(figure, "Histogram of the time per trial"))
+        png = outputs.figure(figure, "time_per_trial")
+        parts.append(png_html(png, "Histogram of the time per trial"))
     parts += [
         Markup("<h3>Per condition</h3>"),
         _limited(by_condition, "time_per_condition", digits=1),

@@ -37,7 +37,12 @@ def figure_png(figure: Figure) -> bytes:
 
 def figure_html(figure: Figure, alt: str, caption: str | None = None) -> Markup:
     """Return a ``<figure>`` with the figure embedded as a base64 PNG data URI."""
-    encoded = base64.b64encode(figure_png(figure)).decode("ascii")
+    return png_html(figure_png(figure), alt, caption)
+
+
+def png_html(png: bytes, alt: str, caption: str | None = None) -> Markup:
+    """Return a ``<figure>`` with PNG bytes embedded as a base64 data URI."""
+    encoded = base64.b64encode(png).decode("ascii")
     caption_html = f"<figcaption>{escape(caption)}</figcaption>" if caption else ""
     return Markup(
         f'<figure><img alt="{escape(alt)}" src="data:image/png;base64,{encoded}">'
