@@ -162,7 +162,7 @@ def _scale_section(
     stem = _stem(scale or "all")
     label = f"scale {scale}" if scale else "all judgements"
     wins = scoring.win_matrix(judgements, systems)
-    thurstone = scoring.thurstone_case_v(judgements, systems)
+    thurstone = scoring.thurstone_from_wins(wins)
     html = ""
     tables: dict[str, Any] = {
         f"pairwise_wins_{stem}": wins,

@@ -219,9 +219,22 @@ def thurstone_case_v(
     :param include_repeats: whether repeated showings count as judgements too.
     :returns: a DataFrame indexed by system with the column ``score``.
     """
-    if not 0 < clip < 0.5:
-        raise ValueError(f"clip must be between 0 and 0.5, got {clip}")
+    _check_clip(clip)
     wins = win_matrix(judgements, systems, include_repeats=include_repeats)
+    return thurstone_from_wins(wins, clip=clip)
+
+
+def thurstone_from_wins(wins: pd.DataFrame, *, clip: float = 0.01) -> pd.DataFrame:
+    """Scale the systems with Thurstone's Case V from a win matrix.
+
+    Gives the scores of :func:`thurstone_case_v` without counting the
+    judgements again, for a caller that already has the win matrix.
+
+    :param wins: a result of :func:`win_matrix`.
+    :param clip: the smallest proportion kept, between 0 and 0.5.
+    :returns: a DataFrame indexed by system with the column ``score``.
+    """
+    _check_clip(clip)
     counts = wins.to_numpy()
     totals = counts + counts.T
     judged = totals > 0
@@ -239,6 +252,11 @@ def thurstone_case_v(
     scores -= np.nanmean(scores)
 
     return pd.DataFrame({"score": scores}, index=pd.Index(wins.index, name="system"))
+
+
+def _check_clip(clip: float) -> None:
+    if not 0 < clip < 0.5:
+        raise ValueError(f"clip must be between 0 and 0.5, got {clip}")
 
 
 def consistency(judgements: pd.DataFrame) -> pd.DataFrame:

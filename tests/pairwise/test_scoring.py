@@ -384,6 +384,18 @@ def test_thurstone_leaves_out_unjudged_pairs():
     assert np.isnan(scores.loc["D", "score"])
 
 
+def test_thurstone_from_wins_equals_judgements():
+    judgements = simulate_judgements(TRUE_STRENGTHS, 20, 30, seed=21, none_rate=0.1)
+    wins = win_matrix(judgements, SYSTEMS)
+
+    scores = scoring.thurstone_from_wins(wins, clip=0.05)
+
+    expected = thurstone_case_v(judgements, SYSTEMS, clip=0.05)
+    pd.testing.assert_frame_equal(scores, expected)
+    with pytest.raises(ValueError, match="clip must be between 0 and 0.5"):
+        scoring.thurstone_from_wins(wins, clip=0)
+
+
 def test_thurstone_rejects_invalid_clip():
     judgements = judgement_frame(repeated_rows("A", "B", 1, 1))
 
