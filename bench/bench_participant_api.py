@@ -1,12 +1,24 @@
 """Benchmark the participant API against a bare Flask endpoint served the same way.
 
 Both apps run under gunicorn with the same workers and threads, on this
-machine's loopback. Each of the concurrent clients is a closed loop with no
-think time: the CAQE client fetches its current trial page and submits a
-response to it (a new participant when one runs out of trials); the
-baseline client sends a GET and a POST of the same JSON size to a bare
-Flask endpoint. The figures are requests per second and latency
-percentiles over all requests of each.
+machine's loopback. The CAQE client fetches its current trial page and
+submits a response to it (a new participant when one runs out of trials);
+the baseline client sends a GET and a POST of the same JSON size to a bare
+Flask endpoint. Before the clock starts, every CAQE client has started its
+participant and been assigned its conditions.
+
+Each server is measured twice with the same clients:
+
+- closed loop: no think time, so the server is saturated; its requests per
+  second give the throughput ratio;
+- with think time: each client waits a random time (exponential, mean
+  ``--think`` seconds) before each request, as a listener does while
+  listening; the latency percentiles show how the server responds to that
+  many listeners.
+
+For each run the script also reads the CPU time that the server's
+processes, PostgreSQL's processes and the client process used, per request,
+from /proc, so the figures show where the two CPUs went.
 
     python bench/bench_participant_api.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
 
@@ -17,15 +29,17 @@ scratch database. Without one it uses SQLite in a temporary folder.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import html
 import json
 import multiprocessing
 import os
 import platform
+import random
 import re
+import resource
 import secrets
 import socket
-import statistics
 import sys
 import tempfile
 import threading
@@ -128,57 +142,154 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_table() -> dict[int, tuple[int, str, float]]:
+    """Return pid -> (parent pid, command line, CPU seconds used) for every process."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                text = stat.read()
+        except OSError:
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                name = cmdline.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        table[int(entry)] = (int(fields[1]), name, cpu)
+    return table
+
+
+def cpu_seconds(server_pid: int, database: str) -> dict[str, dict[int, float]]:
+    """CPU seconds used so far by each process of the server, PostgreSQL and this one.
+
+    PostgreSQL's part is its background processes plus the backends
+    connected to ``database``, not those of other databases on the server.
+    """
+    table = process_table()
+    tree = {server_pid}
+    grew = True
+    while grew:
+        grew = False
+        for pid, (parent, _, _) in table.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "server": {pid: table[pid][2] for pid in tree if pid in table},
+        "postgres": {
+            pid: cpu
+            for pid, (_, name, cpu) in table.items()
+            if name.startswith("postgres")
+            and (f" {database} " in name or "(" not in name)
+        },
+        "client": {os.getpid(): usage.ru_utime + usage.ru_stime},
+    }
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds used between two readings by the processes alive at the second.
+
+    A process that ended in between (a database connection closed by the
+    pool) is left out, so the figure is a lower bound.
+    """
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
+Client = Callable[[requests.Session, list[float], threading.Event, float], None]
+
+
 def load_loop(
     clients: int,
     seconds: float,
     warmup: float,
-    one_client: Callable[[requests.Session, list[float], threading.Event], None],
-) -> tuple[int, list[float], float]:
+    think: float,
+    one_client: Client,
+    server_pid: int,
+    database: str,
+    sessions: list[requests.Session],
+) -> dict[str, Any]:
     """Run the clients for warmup + seconds; return figures of the measured part only."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     stop = threading.Event()
-    threads = []
-    for index in range(clients):
-        session = requests.Session()
-        thread = threading.Thread(
-            target=one_client, args=(session, latencies[index], stop), daemon=True
+    threads = [
+        threading.Thread(
+            target=one_client,
+            args=(sessions[index], latencies[index], stop, think),
+            daemon=True,
         )
-        threads.append(thread)
+        for index in range(clients)
+    ]
     for thread in threads:
         thread.start()
     time.sleep(warmup)
     marks = [len(values) for values in latencies]
+    cpu_before = cpu_seconds(server_pid, database)
     started = time.perf_counter()
     time.sleep(seconds)
     counts = [len(values) for values in latencies]
     elapsed = time.perf_counter() - started
+    cpu_after = cpu_seconds(server_pid, database)
     stop.set()
     for thread in threads:
-        thread.join(timeout=30)
+        thread.join(timeout=60)
     merged = [
         value
         for values, mark, count in zip(latencies, marks, counts)
         for value in values[mark:count]
     ]
-    return len(merged), merged, elapsed
+    count = len(merged)
+    return {
+        "requests": count,
+        "rps": count / elapsed,
+        "p50_ms": percentile(merged, 0.50) * 1000,
+        "p99_ms": percentile(merged, 0.99) * 1000,
+        "cpu_ms": {
+            part: cpu_used(cpu_before[part], cpu_after[part]) / max(count, 1) * 1000
+            for part in cpu_after
+        },
+    }
 
 
-def caqe_client(
-    base: str,
-) -> Callable[[requests.Session, list[float], threading.Event], None]:
+def pause(think: float, stop: threading.Event) -> None:
+    if think > 0:
+        stop.wait(random.expovariate(1 / think))
+
+
+def start_participant(session: requests.Session, base: str) -> str:
+    """Start a participant through the lab entry and return their page's URL."""
+    begun = session.post(f"{base}/lab/", allow_redirects=False, timeout=60)
+    return base + begun.headers["Location"]
+
+
+def caqe_client(base: str, page_urls: list[str]) -> Client:
+    """Clients that each begin at their participant in ``page_urls`` (by thread order)."""
+    handed = iter(page_urls)
+    lock = threading.Lock()
+
     def client(
-        session: requests.Session, latencies: list[float], stop: threading.Event
+        session: requests.Session,
+        latencies: list[float],
+        stop: threading.Event,
+        think: float,
     ) -> None:
-        page_url = None
+        with lock:
+            page_url: str | None = next(handed)
         while not stop.is_set():
             try:
                 if page_url is None:
-                    begun = session.post(
-                        f"{base}/lab/", allow_redirects=False, timeout=30
-                    )
-                    page_url = base + begun.headers["Location"]
+                    page_url = start_participant(session, base)
+                pause(think, stop)
                 started = time.perf_counter()
-                page = session.get(page_url, timeout=30, allow_redirects=False)
+                page = session.get(page_url, timeout=60, allow_redirects=False)
                 latencies.append(time.perf_counter() - started)
                 match = re.search(
                     r"<script id='trial' type='application/json'>(.*?)</script>",
@@ -203,12 +314,13 @@ def caqe_client(
                     ],
                     "time_on_page_ms": 1000,
                 }
+                pause(think, stop)
                 started = time.perf_counter()
                 answer = session.post(
                     base + trial["submit"],
                     json=body,
                     headers={"X-CAQE-CSRF": trial["csrf"]},
-                    timeout=30,
+                    timeout=60,
                 )
                 latencies.append(time.perf_counter() - started)
                 if answer.status_code != 200:
@@ -221,17 +333,20 @@ def caqe_client(
     return client
 
 
-def bare_client(
-    base: str,
-) -> Callable[[requests.Session, list[float], threading.Event], None]:
+def bare_client(base: str, _page_urls: list[str]) -> Client:
     def client(
-        session: requests.Session, latencies: list[float], stop: threading.Event
+        session: requests.Session,
+        latencies: list[float],
+        stop: threading.Event,
+        think: float,
     ) -> None:
         while not stop.is_set():
             try:
+                pause(think, stop)
                 started = time.perf_counter()
-                session.get(f"{base}/trial", timeout=30)
+                session.get(f"{base}/trial", timeout=60)
                 latencies.append(time.perf_counter() - started)
+                pause(think, stop)
                 started = time.perf_counter()
                 session.post(
                     f"{base}/trial",
@@ -239,13 +354,33 @@ def bare_client(
                         "idempotency_key": secrets.token_hex(12),
                         "response": {"ratings": {"s1": 5, "s2": 5, "s3": 5}},
                     },
-                    timeout=30,
+                    timeout=60,
                 )
                 latencies.append(time.perf_counter() - started)
             except requests.RequestException:
                 pass
 
     return client
+
+
+def prepare_caqe_clients(
+    base: str, clients: int
+) -> tuple[list[requests.Session], list[str]]:
+    """Start one participant per client and load their first page, before the clock starts.
+
+    Eight threads at a time, so that assignment, which is serialised per
+    experiment, does not queue 200 requests.
+    """
+    sessions = [requests.Session() for _ in range(clients)]
+    page_urls = [""] * clients
+
+    def begin(index: int) -> None:
+        page_urls[index] = start_participant(sessions[index], base)
+        sessions[index].get(page_urls[index], timeout=60, allow_redirects=False)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(begin, range(clients)))
+    return sessions, page_urls
 
 
 def scratch_postgres(admin_url: str) -> tuple[str, Callable[[], None]]:
@@ -278,17 +413,22 @@ def main() -> None:
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument(
-        "--seconds", type=float, default=20, help="measured seconds per server"
+        "--seconds", type=float, default=20, help="measured seconds per run"
     )
     parser.add_argument(
-        "--warmup",
+        "--warmup", type=float, default=5, help="unmeasured seconds before each run"
+    )
+    parser.add_argument(
+        "--think",
         type=float,
-        default=10,
-        help="unmeasured seconds before, while every client starts its first participant",
+        default=2.0,
+        help="mean think time in seconds of the second run of each server",
     )
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args()
+
+    from sqlalchemy.engine import make_url
 
     from caqe_core.db import make_engine, upgrade
     from tests.support.studies import scale_study
@@ -317,7 +457,7 @@ def main() -> None:
     )()  # prepare once, before forking
 
     context = multiprocessing.get_context("fork")
-    results = {}
+    results: dict[tuple[str, float], dict[str, Any]] = {}
     try:
         for name, factory, client in (
             ("bare Flask", bare_app, bare_client),
@@ -336,34 +476,50 @@ def main() -> None:
             process.start()
             base = f"http://127.0.0.1:{port}"
             wait_until_up(base + ("/trial" if name == "bare Flask" else "/lab/"))
-            count, latencies, elapsed = load_loop(
-                args.clients, args.seconds, args.warmup, client(base)
-            )
+            for think in (0.0, args.think):
+                if name == "bare Flask":
+                    sessions = [requests.Session() for _ in range(args.clients)]
+                    page_urls: list[str] = []
+                else:
+                    sessions, page_urls = prepare_caqe_clients(base, args.clients)
+                results[name, think] = load_loop(
+                    args.clients,
+                    args.seconds,
+                    args.warmup,
+                    think,
+                    client(base, page_urls),
+                    process.pid or 0,
+                    make_url(database_url).database or "",
+                    sessions,
+                )
             process.terminate()
             process.join(10)
-            results[name] = {
-                "requests": count,
-                "rps": count / elapsed,
-                "p50_ms": percentile(latencies, 0.50) * 1000,
-                "p99_ms": percentile(latencies, 0.99) * 1000,
-                "mean_ms": statistics.fmean(latencies) * 1000,
-            }
     finally:
         drop()
 
     print(f"command: python {' '.join(sys.argv)}")
     print(
-        f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+        f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}"
     )
     print(
-        f"database: {'PostgreSQL' if args.database_url else 'SQLite'}; gunicorn {args.workers} workers x {args.threads} threads; {args.clients} closed-loop clients, {args.warmup:g} s warm-up, {args.seconds:g} s measured"
+        f"database: {'PostgreSQL' if args.database_url else 'SQLite'}; gunicorn {args.workers} workers x {args.threads} threads; {args.clients} clients, {args.warmup:g} s warm-up, {args.seconds:g} s measured"
     )
-    for name, figures in results.items():
+    for (name, think), figures in results.items():
+        cpu = figures["cpu_ms"]
         print(
-            f"{name}: {figures['rps']:.0f} req/s, p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms ({figures['requests']} requests)"
+            f"{name}, think time {think:g} s: {figures['rps']:.0f} req/s, "
+            f"p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms "
+            f"({figures['requests']} requests); CPU ms per request: "
+            f"server {cpu['server']:.2f}, PostgreSQL {cpu['postgres']:.2f}, client {cpu['client']:.2f}"
         )
-    ratio = results["CAQE participant API"]["rps"] / results["bare Flask"]["rps"]
-    print(f"throughput ratio CAQE / bare Flask: {ratio:.2f}")
+    for think in (0.0, args.think):
+        ratio = (
+            results["CAQE participant API", think]["rps"]
+            / results["bare Flask", think]["rps"]
+        )
+        print(
+            f"throughput ratio CAQE / bare Flask, think time {think:g} s: {ratio:.2f}"
+        )
 
 
 if __name__ == "__main__":
