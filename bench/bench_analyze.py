@@ -403,6 +403,7 @@ def main() -> None:
         f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}"
     )
+    print(f"load average before the run: {os.getloadavg()[0]:.2f}")
     print("building the databases ...", flush=True)
     mushra_url, mushra_trials = build(
         folder,
@@ -452,6 +453,7 @@ def main() -> None:
         if analyze["seconds"] > LIMIT_SECONDS or analyze["peak_bytes"] > LIMIT_BYTES:
             failed = True
     print()
+    print(f"load average after the run: {os.getloadavg()[0]:.2f}")
     print(
         f"limits for caqe analyze: {LIMIT_SECONDS:.0f} s and {LIMIT_BYTES / 2**30:.0f} GiB peak RSS: "
         + ("EXCEEDED" if failed else "met")
