@@ -60,7 +60,8 @@ def judgement_frame(trials: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             "stimulus_b": stimulus_b.array,
             "choice": choice,
             "system": stimulus_a.where(chose_a, stimulus_b.where(chose_b)).array,
-            "value": choice,
+            # A copy, so that setting a value of one column leaves the other.
+            "value": choice.copy(),
             "repeat": np.fromiter(map(bool, columns.repeat), dtype=bool, count=n_rows),
             "decision_time_ms": _floats(columns.decision_time_ms),
             "played_a_seconds": _floats(played_a),
