@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import orjson
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 logger = logging.getLogger(__name__)
@@ -65,13 +67,47 @@ def make_engine(url: str) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(
-        url,
-        pool_pre_ping=True,
-        pool_size=5,
-        max_overflow=10,
-        json_deserializer=orjson.loads,
+    engine = create_engine(
+        url, pool_size=5, max_overflow=10, json_deserializer=orjson.loads
     )
+    event.listen(engine, "connect", _note_checkin)
+    event.listen(engine, "checkin", _note_checkin)
+    dialect = engine.dialect
+
+    def ping_if_idle(dbapi_connection, record, _proxy) -> None:  # type: ignore[no-untyped-def]
+        _ping_if_idle(dialect, dbapi_connection, record)
+
+    event.listen(engine, "checkout", ping_if_idle)
+    return engine
+
+
+IDLE_PING_SECONDS = 10.0
+"""Ping a pooled connection unused for longer than this before handing it out."""
+
+
+def _note_checkin(_dbapi_connection, record) -> None:  # type: ignore[no-untyped-def]
+    record.info["checked_in"] = time.monotonic()
+
+
+def _ping_if_idle(dialect, dbapi_connection, record) -> None:  # type: ignore[no-untyped-def]
+    """Replace a connection that the server closed while it sat idle in the pool.
+
+    SQLAlchemy's ``pool_pre_ping`` pings on every checkout, which is one
+    more round trip on each trial page and response. Under load the pool's
+    connections are never idle for long, so only those unused for
+    ``IDLE_PING_SECONDS`` are pinged. Raising ``DisconnectionError`` makes
+    the pool discard the connection and open a new one. A connection lost
+    while in use fails its request; SQLAlchemy then discards every pooled
+    connection opened before the failure.
+    """
+    if time.monotonic() - record.info.get("checked_in", 0.0) < IDLE_PING_SECONDS:
+        return
+    try:
+        alive = dialect.do_ping(dbapi_connection)
+    except Exception as error:
+        raise DisconnectionError(f"idle connection is closed: {error}") from error
+    if not alive:
+        raise DisconnectionError("idle connection did not answer a ping")
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
