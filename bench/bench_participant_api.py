@@ -7,10 +7,12 @@ the baseline client sends a GET and a POST of the same JSON size to a bare
 Flask endpoint. Before the clock starts, every CAQE client has started its
 participant and been assigned its conditions.
 
-Each server is measured twice with the same clients:
+Each server is measured with the same clients:
 
 - closed loop: no think time, so the server is saturated; its requests per
-  second give the throughput ratio;
+  second give the throughput ratio. ``--rounds`` runs of each server
+  alternate, and the ratio is the median of the paired runs, because the
+  bare endpoint's rate varies by a factor of two from run to run here;
 - with think time: each client waits a random time (exponential, mean
   ``--think`` seconds) before each request, as a listener does while
   listening; the latency percentiles show how the server responds to that
@@ -40,6 +42,7 @@ import re
 import resource
 import secrets
 import socket
+import statistics
 import sys
 import tempfile
 import threading
@@ -424,6 +427,12 @@ def main() -> None:
         default=2.0,
         help="mean think time in seconds of the second run of each server",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="closed-loop runs of each server, alternating (the ratio is their median)",
+    )
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args()
@@ -457,7 +466,10 @@ def main() -> None:
     )()  # prepare once, before forking
 
     context = multiprocessing.get_context("fork")
-    results: dict[tuple[str, float], dict[str, Any]] = {}
+    servers: dict[str, tuple[Any, str, Any]] = {}
+    # Run i of each server is paired with run i of the other, in alternating
+    # order, so that both see the same background load.
+    runs: dict[tuple[str, float], list[dict[str, Any]]] = {}
     try:
         for name, factory, client in (
             ("bare Flask", bare_app, bare_client),
@@ -476,25 +488,41 @@ def main() -> None:
             process.start()
             base = f"http://127.0.0.1:{port}"
             wait_until_up(base + ("/trial" if name == "bare Flask" else "/lab/"))
-            for think in (0.0, args.think):
-                if name == "bare Flask":
-                    sessions = [requests.Session() for _ in range(args.clients)]
-                    page_urls: list[str] = []
-                else:
-                    sessions, page_urls = prepare_caqe_clients(base, args.clients)
-                results[name, think] = load_loop(
-                    args.clients,
-                    args.seconds,
-                    args.warmup,
-                    think,
-                    client(base, page_urls),
-                    process.pid or 0,
-                    make_url(database_url).database or "",
-                    sessions,
-                )
+            servers[name] = (process, base, client)
+        schedule = [
+            (think, name)
+            for think in (0.0, args.think)
+            for round_index in range(args.rounds if think == 0 else 1)
+            for name in (
+                list(servers) if round_index % 2 == 0 else list(reversed(servers))
+            )
+        ]
+        for think, name in schedule:
+            process, base, client = servers[name]
+            if name == "bare Flask":
+                sessions = [requests.Session() for _ in range(args.clients)]
+                page_urls: list[str] = []
+            else:
+                sessions, page_urls = prepare_caqe_clients(base, args.clients)
+            figures = load_loop(
+                args.clients,
+                args.seconds,
+                args.warmup,
+                think,
+                client(base, page_urls),
+                process.pid or 0,
+                make_url(database_url).database or "",
+                sessions,
+            )
+            runs.setdefault((name, think), []).append(figures)
+            print(
+                f"{name}, think time {think:g} s: {figures['rps']:.0f} req/s",
+                file=sys.stderr,
+            )
+    finally:
+        for process, _, _ in servers.values():
             process.terminate()
             process.join(10)
-    finally:
         drop()
 
     print(f"command: python {' '.join(sys.argv)}")
@@ -502,23 +530,26 @@ def main() -> None:
         f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}"
     )
     print(
-        f"database: {'PostgreSQL' if args.database_url else 'SQLite'}; gunicorn {args.workers} workers x {args.threads} threads; {args.clients} clients, {args.warmup:g} s warm-up, {args.seconds:g} s measured"
+        f"database: {'PostgreSQL' if args.database_url else 'SQLite'}; gunicorn {args.workers} workers x {args.threads} threads; {args.clients} clients, {args.warmup:g} s warm-up, {args.seconds:g} s measured per run; {args.rounds} closed-loop runs of each server, alternating"
     )
-    for (name, think), figures in results.items():
-        cpu = figures["cpu_ms"]
-        print(
-            f"{name}, think time {think:g} s: {figures['rps']:.0f} req/s, "
-            f"p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms "
-            f"({figures['requests']} requests); CPU ms per request: "
-            f"server {cpu['server']:.2f}, PostgreSQL {cpu['postgres']:.2f}, client {cpu['client']:.2f}"
-        )
+    for (name, think), figures_list in runs.items():
+        for figures in figures_list:
+            cpu = figures["cpu_ms"]
+            print(
+                f"{name}, think time {think:g} s: {figures['rps']:.0f} req/s, "
+                f"p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms "
+                f"({figures['requests']} requests); CPU ms per request: "
+                f"server {cpu['server']:.2f}, PostgreSQL {cpu['postgres']:.2f}, client {cpu['client']:.2f}"
+            )
     for think in (0.0, args.think):
-        ratio = (
-            results["CAQE participant API", think]["rps"]
-            / results["bare Flask", think]["rps"]
+        pairs = zip(
+            runs["CAQE participant API", think], runs["bare Flask", think], strict=True
         )
+        ratios = [caqe["rps"] / bare["rps"] for caqe, bare in pairs]
         print(
-            f"throughput ratio CAQE / bare Flask, think time {think:g} s: {ratio:.2f}"
+            f"throughput ratio CAQE / bare Flask, think time {think:g} s: "
+            f"median {statistics.median(ratios):.2f} of "
+            f"{', '.join(f'{ratio:.2f}' for ratio in ratios)}"
         )
 
 
