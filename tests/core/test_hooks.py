@@ -228,6 +228,12 @@ class Recorder:
         ]
 
     @hookimpl
+    def ratings_frame(self, study: Any, trials: list[Any]) -> Any | None:
+        # Not recorded: returning None leaves the rows to export_rows, and
+        # test_hook_ratings_frame covers the hook itself.
+        return None
+
+    @hookimpl
     def participant_consistency(
         self, study: Any, session: Session
     ) -> dict[int, float] | None:
