@@ -93,9 +93,9 @@ def _ping_if_idle(dialect, dbapi_connection, record) -> None:  # type: ignore[no
     """Replace a connection that the server closed while it sat idle in the pool.
 
     SQLAlchemy's ``pool_pre_ping`` pings on every checkout, which is one
-    more round trip on each trial page and response. Under load the pool's
-    connections are never idle for long, so only those unused for
-    ``IDLE_PING_SECONDS`` are pinged. Raising ``DisconnectionError`` makes
+    more round trip on each trial page and response. Under load a pooled
+    connection is rarely unused for ``IDLE_PING_SECONDS``, so only such
+    connections are pinged. Raising ``DisconnectionError`` makes
     the pool discard the connection and open a new one. A connection lost
     while in use fails its request; SQLAlchemy then discards every pooled
     connection opened before the failure.

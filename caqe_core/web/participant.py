@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("participant", __name__)
 
 MAX_EVENTS = 5000
+INVALID_LINK = "This link is not valid. Open the study from the link you were given."
 IDEMPOTENCY_KEY_LENGTH = (8, 100)
 
 
@@ -82,9 +83,7 @@ def _load_participant(token: str) -> Participant | None:
 def _participant_or_404(token: str) -> Participant:
     participant = _load_participant(token)
     if participant is None:
-        abort(
-            404, "This link is not valid. Open the study from the link you were given."
-        )
+        abort(404, INVALID_LINK)
     return participant
 
 
@@ -183,9 +182,7 @@ def _participant_and_reservations(
 def page(token: str) -> Any:
     found = _participant_and_reservations(token)
     if found is None:
-        abort(
-            404, "This link is not valid. Open the study from the link you were given."
-        )
+        abort(404, INVALID_LINK)
     row, own = found
     if row.step == "trials":
         return _render_trial(token, row, own)
