@@ -12,7 +12,7 @@ Each server is measured with the same clients:
 - closed loop: no think time, so the server is saturated; its requests per
   second give the throughput ratio. ``--rounds`` runs of each server
   alternate, and the ratio is the median of the paired runs, because the
-  bare endpoint's rate varies by a factor of two from run to run here;
+  bare endpoint's rate varied up to threefold between runs here;
 - with think time: each client waits a random time (exponential, mean
   ``--think`` seconds) before each request, as a listener does while
   listening; the latency percentiles show how the server responds to that
@@ -171,7 +171,7 @@ def process_table() -> dict[int, tuple[int, str, float]]:
 
 
 def cpu_seconds(server_pid: int, database: str) -> dict[str, dict[int, float]]:
-    """CPU seconds used so far by each process of the server, PostgreSQL and this one.
+    """Return the CPU seconds used so far by each process of the server, PostgreSQL and this one.
 
     PostgreSQL's part is its background processes plus the backends
     connected to ``database``, not those of other databases on the server.
@@ -199,7 +199,7 @@ def cpu_seconds(server_pid: int, database: str) -> dict[str, dict[int, float]]:
 
 
 def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
-    """CPU seconds used between two readings by the processes alive at the second.
+    """Return the CPU seconds used between two readings by the processes alive at the second.
 
     A process that ended in between (a database connection closed by the
     pool) is left out, so the figure is a lower bound.
@@ -274,7 +274,7 @@ def start_participant(session: requests.Session, base: str) -> str:
 
 
 def caqe_client(base: str, page_urls: list[str]) -> Client:
-    """Clients that each begin at their participant in ``page_urls`` (by thread order)."""
+    """Return a client function; each client starts at the next participant of ``page_urls``."""
     handed = iter(page_urls)
     lock = threading.Lock()
 
@@ -425,7 +425,7 @@ def main() -> None:
         "--think",
         type=float,
         default=2.0,
-        help="mean think time in seconds of the second run of each server",
+        help="mean think time in seconds of each server's think-time run",
     )
     parser.add_argument(
         "--rounds",
