@@ -37,7 +37,13 @@ from caqe_core.results.export import (
     write_export,
 )
 from caqe_core.results.merge import MergeError, merge_exports
-from caqe_core.results.tables import ExportError, StudyTables, count_trials, load_tables
+from caqe_core.results.tables import (
+    ExportError,
+    StudyTables,
+    count_trials,
+    load_tables,
+    use_system_allocator,
+)
 from caqe_core.study import Study
 
 logger = logging.getLogger(__name__)
@@ -50,6 +56,7 @@ def add_commands(cli: click.Group) -> None:
 
 
 def _read_tables(context: object, study: Study) -> StudyTables:
+    use_system_allocator()
     session_factory = context.session_factory  # type: ignore[attr-defined]
     with session_factory() as session:
         total = count_trials(session, study)
@@ -260,6 +267,7 @@ def _from_export(
 ) -> tuple[Study, StudyTables, Provenance]:
     registry: Registry = load_registry()
     experiment = experiment_name(experiment, registry)
+    use_system_allocator()
     try:
         manifest, tables = read_export(export_dir)
     except ExportFormatError as error:

@@ -49,6 +49,24 @@ STRING_DTYPE = pd.StringDtype(na_value=pd.NA)
 """Dtype of text columns: pandas' nullable string, stored by pyarrow when it is
 installed (compact for a million rows) and as Python objects otherwise."""
 
+
+def use_system_allocator() -> None:
+    """Make pyarrow allocate with the C library's malloc instead of jemalloc.
+
+    The export and analysis commands call it before they read a study.
+    pyarrow's jemalloc pool hands freed pages back to the system after a
+    second or so, and the next million-row column faults them in again. On
+    ``caqe analyze`` of 10^6 pairwise judgements this cost about 0.6 s of
+    system time out of 9.5 s, and the peak memory was 40 MiB higher. Without
+    pyarrow it does nothing.
+    """
+    try:
+        import pyarrow
+    except ImportError:
+        return
+    pyarrow.set_memory_pool(pyarrow.system_memory_pool())
+
+
 TABLE_NAMES = (
     "ratings",
     "participants",
