@@ -43,11 +43,14 @@ def judgement_frame(trials: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     conditions = [trial["condition"] for trial in trials]
     items = _strings([condition.item for condition in conditions])
     scales = _strings([condition.scale for condition in conditions])
-    stimulus_a = pd.Series(_strings(columns.stimulus_a))
-    stimulus_b = pd.Series(_strings(columns.stimulus_b))
     choice = _strings(columns.choice)
     chose_a = (choice == "a").to_numpy(dtype=bool, na_value=False)
     chose_b = (choice == "b").to_numpy(dtype=bool, na_value=False)
+    # The chosen system is picked from arrays of the Python strings: a
+    # ``where`` on the string arrays took ten times as long.
+    names_a = np.array(columns.stimulus_a, dtype=object)
+    names_b = np.array(columns.stimulus_b, dtype=object)
+    system = np.where(chose_a, names_a, np.where(chose_b, names_b, None))
     played_a = list(map(_PLAYED_A, columns.played))
     played_b = list(map(_PLAYED_B, columns.played))
 
@@ -56,10 +59,10 @@ def judgement_frame(trials: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             "item": items.take(trial_of_row),
             "scale": scales.take(trial_of_row),
             "order_shown": np.asarray(columns.pair, dtype=np.int64) + 1,
-            "stimulus_a": stimulus_a.array,
-            "stimulus_b": stimulus_b.array,
+            "stimulus_a": _strings(names_a),
+            "stimulus_b": _strings(names_b),
             "choice": choice,
-            "system": stimulus_a.where(chose_a, stimulus_b.where(chose_b)).array,
+            "system": _strings(system),
             # A copy, so that setting a value of one column leaves the other.
             "value": choice.copy(),
             "repeat": np.fromiter(map(bool, columns.repeat), dtype=bool, count=n_rows),
@@ -123,7 +126,7 @@ def _floats(values: Sequence[Any]) -> np.ndarray:
     return np.fromiter(map(float, values), dtype=float, count=len(values))
 
 
-def _strings(values: Sequence[str | None]) -> Any:
+def _strings(values: Sequence[str | None] | np.ndarray) -> Any:
     """Return ``values`` as an array of the export's string dtype."""
     if STRING_DTYPE.storage == "pyarrow":
         import pyarrow
