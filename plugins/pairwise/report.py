@@ -121,16 +121,29 @@ def position_bias(judgements: pd.DataFrame) -> pd.DataFrame:
 
 
 def _normalise(judgements: pd.DataFrame) -> pd.DataFrame:
+    """Return the judgements with their text columns as categoricals.
+
+    The scoring functions number the participants, systems and choices
+    again and again; on categoricals that reuses the codes, where text
+    columns of 10^6 judgements took about 0.5 s in all. Both stimulus
+    columns share one list of categories, so that they can be compared.
+    """
     table = judgements.loc[:, list(scoring.JUDGEMENT_COLUMNS)].copy()
     table = table.dropna(subset=["stimulus_a", "stimulus_b", "choice"])
-    for column in ("participant", "item", "stimulus_a", "stimulus_b", "choice"):
-        table[column] = table[column].astype(str)
+    for column in ("participant", "item", "choice"):
+        table[column] = table[column].astype(str).astype("category")
+    stimuli = pd.CategoricalDtype(
+        pd.unique(pd.concat([table["stimulus_a"], table["stimulus_b"]]).astype(str))
+    )
+    for column in ("stimulus_a", "stimulus_b"):
+        table[column] = table[column].astype(str).astype(stimuli)
     scale = table["scale"]
     if isinstance(scale.dtype, pd.StringDtype):
         # Filled in place of going through Python objects, one per row.
         table["scale"] = scale.fillna("").astype(str)
     else:
         table["scale"] = scale.astype(object).where(scale.notna(), "").astype(str)
+    table["scale"] = table["scale"].astype("category")
     table["repeat"] = table["repeat"].fillna(False).astype(bool)
     return table.reset_index(drop=True)
 
