@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from caqe_core.models import (
@@ -104,17 +104,18 @@ def _renew(session: Session, reservation: Reservation, expires_at: dt.datetime) 
     return cast("CursorResult[Any]", result).rowcount == 1
 
 
-def change_load(session: Session, condition_id: int, delta: int) -> None:
+def change_load(session: Session | Connection, condition_id: int, delta: int) -> None:
     change_loads(session, {condition_id: delta})
 
 
-def change_loads(session: Session, deltas: dict[int, int]) -> None:
+def change_loads(session: Session | Connection, deltas: dict[int, int]) -> None:
     """Add ``deltas[condition_id]`` to each condition's load in one batch."""
     if not deltas:
         return
     # Run on the connection, not the session: the ORM would read a list of
     # parameters as a bulk update by primary key.
-    session.connection().execute(
+    connection = session.connection() if isinstance(session, Session) else session
+    connection.execute(
         update(Condition)
         .where(Condition.id == bindparam("condition"))
         .values(load=Condition.load + bindparam("delta")),

@@ -11,10 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-from flask import Blueprint, abort, redirect, request, url_for
-from sqlalchemy import and_, bindparam, insert, select, update
+from flask import Blueprint, abort, g, redirect, request, url_for
+from sqlalchemy import Connection, and_, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from caqe_core.assignment import (
     HeldReservation,
@@ -38,14 +37,16 @@ from caqe_core.web import (
     MAX_REQUEST_BYTES,
     ParticipantKey,
     check_csrf,
+    close_read_connection,
     csrf_token,
     current_study,
     db_session,
     decode_participant_token,
     json_error,
     participant_token,
-    read_session,
+    read_connection,
     state,
+    write_connection,
 )
 from caqe_core.web.audio import asset_url, stimulus_url
 
@@ -190,6 +191,11 @@ _COMPLETE_RESERVATION = (
     )
     .values(status="completed", completed_at=bindparam("now"))
 )
+_SELECT_RESERVATIONS = (
+    select(*_RESERVATION_COLUMNS)
+    .where(Reservation.participant_id == bindparam("participant_id"))
+    .order_by(Reservation.position)
+)
 _INSERT_TRIAL = insert(Trial).returning(Trial.id)
 _INSERT_EVENTS = insert(ListeningEvent)
 
@@ -199,16 +205,15 @@ def _participant_and_reservations(
 ) -> tuple[_ParticipantRow, list[_ReservationRow]] | None:
     """Read the participant and all their reservations, in page order, in one query.
 
-    The rows come from the autocommit ``read_session()`` through SQLAlchemy
-    Core: a trial page is served from them without a transaction and
-    without building ORM objects.
+    The rows come from the autocommit ``read_connection()`` through
+    SQLAlchemy Core: a trial page is served from them without a transaction
+    and without building ORM objects.
     """
     public_id = decode_participant_token(token)
     if public_id is None:
         return None
     rows = (
-        read_session()
-        .connection()
+        read_connection()
         .execute(
             _SELECT_PAGE_ROWS,
             {
@@ -337,8 +342,16 @@ def _step_page(token: str, participant: Participant) -> StepPage:
 
 
 def _asset_url_for(participant: ParticipantKey) -> Any:
-    session = db_session()
-    return lambda path, role="asset": asset_url(session, participant, path, role)
+    # The session opens only when a page registers audio, which trial pages
+    # rarely do.
+    return lambda path, role="asset": asset_url(db_session(), participant, path, role)
+
+
+def _commit_open_session() -> None:
+    """Commit the request's ORM session if the request opened one."""
+    session = g.get("caqe_session")
+    if session is not None:
+        session.commit()
 
 
 def _signal_urls(
@@ -390,21 +403,18 @@ def _render_trial(
     is served.
     """
     study = current_study()
-    reader = read_session()
     if own is None:
-        own = list(
-            reader.scalars(
-                select(Reservation)
-                .where(Reservation.participant_id == participant.id)
-                .order_by(Reservation.position)
-            ).all()
+        rows = read_connection().execute(
+            _SELECT_RESERVATIONS, {"participant_id": participant.id}
         )
+        reservations_read = [_reservation_of(row) for row in rows]
+        own = [held for held in reservations_read if held is not None]
     reservations = reservations_in_hand(study, own)
     if reservations is None:
         # Hand both connections back to the pool while assignment uses one of
         # its own; holding them could exhaust the pool.
-        reader.commit()
-        db_session().commit()
+        close_read_connection()
+        _commit_open_session()
         reservations = ensure_reservations(
             state().session_factory, study, participant.id
         )
@@ -414,7 +424,7 @@ def _render_trial(
     if reservation.first_served_at is None:
         # One statement, committed on its own: a lost race only leaves the
         # first time of the two.
-        reader.connection().execute(
+        read_connection().execute(
             _MARK_FIRST_SERVED,
             {"reservation_id": reservation.id, "served_at": utcnow()},
         )
@@ -424,7 +434,7 @@ def _render_trial(
     )
     html = study.test_type.render_trial(page_data)
     # The page may have registered extra audio through page_data.audio_url.
-    db_session().commit()
+    _commit_open_session()
     return html
 
 
@@ -519,22 +529,18 @@ def submit_trial(token: str, reservation_id: str) -> Any:
             "idempotency_key",
         )
 
-    session = db_session()
+    connection = write_connection()
     # The participant, the trial named in the URL and an earlier submission
     # with this key, in one round trip.
-    row = (
-        session.connection()
-        .execute(
-            _SELECT_RESPONSE_ROW,
-            {
-                "participant_public_id": public_id,
-                "experiment_id": current_study().experiment_id,
-                "reservation_public_id": reservation_id,
-                "idempotency_key": key,
-            },
-        )
-        .first()
-    )
+    row = connection.execute(
+        _SELECT_RESPONSE_ROW,
+        {
+            "participant_public_id": public_id,
+            "experiment_id": current_study().experiment_id,
+            "reservation_public_id": reservation_id,
+            "idempotency_key": key,
+        },
+    ).first()
     if row is None:
         return json_error(404, "Unknown participant token.", "token")
     if row.replayed is not None:
@@ -552,9 +558,11 @@ def submit_trial(token: str, reservation_id: str) -> Any:
         return json_error(403, "This trial is not assigned to you.", "trial")
     if reservation.status == "completed":
         # A replay that raced the first submission finds the trial only now.
-        answered = session.scalar(
-            select(Trial).where(Trial.reservation_id == reservation.id)
-        )
+        answered = connection.execute(
+            select(Trial.idempotency_key, Trial.acknowledgement).where(
+                Trial.reservation_id == reservation.id
+            )
+        ).first()
         if answered is not None and answered.idempotency_key == key:
             return answered.acknowledgement
         return json_error(
@@ -588,7 +596,6 @@ def submit_trial(token: str, reservation_id: str) -> Any:
     signals = {
         signal["id"]: signal["stimulus"] for signal in reservation.plan["signals"]
     }
-    connection = session.connection()
     try:
         trial_id = connection.execute(
             _INSERT_TRIAL,
@@ -602,7 +609,7 @@ def submit_trial(token: str, reservation_id: str) -> Any:
                 "time_on_page_ms": time_on_page,
             },
         ).scalar_one()
-        _complete_reservation(session, reservation)
+        _complete_reservation(connection, reservation)
         if events:
             connection.execute(
                 _INSERT_EVENTS,
@@ -627,15 +634,15 @@ def submit_trial(token: str, reservation_id: str) -> Any:
                     for sequence, event in enumerate(events)
                 ],
             )
-        session.commit()
+        connection.commit()
     except IntegrityError:
         # A concurrent replay of the same submission won the race, so return its acknowledgement.
-        session.rollback()
-        existing = session.scalar(
-            select(Trial).where(
+        connection.rollback()
+        existing = connection.execute(
+            select(Trial.acknowledgement).where(
                 Trial.participant_id == participant.id, Trial.idempotency_key == key
             )
-        )
+        ).first()
         if existing is not None:
             return existing.acknowledgement
         return json_error(409, "This trial was already answered.", "trial")
@@ -646,6 +653,7 @@ def submit_trial(token: str, reservation_id: str) -> Any:
         reservation.condition_id,
     )
     if study.registry.hook.trial_stored.get_hookimpls():
+        session = db_session()
         trial = session.get(Trial, trial_id)
         stored = session.get(Participant, participant.id)
         experiment = session.get(Experiment, study.experiment_id)
@@ -656,7 +664,7 @@ def submit_trial(token: str, reservation_id: str) -> Any:
     return acknowledgement
 
 
-def _complete_reservation(session: Session, reservation: HeldReservation) -> None:
+def _complete_reservation(connection: Connection, reservation: HeldReservation) -> None:
     """Mark the reservation completed, whatever status a concurrent request gave it.
 
     An assignment may expire the reservation, or its participant's next page
@@ -668,10 +676,10 @@ def _complete_reservation(session: Session, reservation: HeldReservation) -> Non
     status: str | None = reservation.status
     for _ in range(5):
         if status is None:
-            status = session.scalar(
+            status = connection.scalar(
                 select(Reservation.status).where(Reservation.id == reservation.id)
             )
-        result = session.connection().execute(
+        result = connection.execute(
             _COMPLETE_RESERVATION,
             {
                 "reservation_id": reservation.id,
@@ -688,7 +696,7 @@ def _complete_reservation(session: Session, reservation: HeldReservation) -> Non
             logger.info(
                 "Accepting a late response for expired reservation %s", reservation.id
             )
-            change_load(session, reservation.condition_id, 1)
+            change_load(connection, reservation.condition_id, 1)
         return
     raise RuntimeError(
         f"reservation {reservation.id} kept changing while it was completed"
