@@ -25,6 +25,24 @@ def stimulus_url(participant_id: int, stimulus_id: int) -> str:
     return url_for("audio.serve", token=token)
 
 
+def stimulus_urls(participant_id: int, stimulus_ids: list[int]) -> list[str]:
+    """Return the participant's URL of each stimulus, as ``stimulus_url`` builds it.
+
+    Flask builds only the first URL. The others reuse its prefix, because
+    a token is URL-safe base64, which URL building leaves unquoted.
+    """
+    if not stimulus_ids:
+        return []
+    tokens = state().audio_tokens
+    first_token = tokens.encode(participant_id, stimulus_ids[0])
+    first_url = url_for("audio.serve", token=first_token)
+    prefix = first_url[: len(first_url) - len(first_token)]
+    return [first_url] + [
+        prefix + tokens.encode(participant_id, stimulus_id)
+        for stimulus_id in stimulus_ids[1:]
+    ]
+
+
 def asset_url(
     session: Session, participant: ParticipantKey, path: Path, role: str
 ) -> str:

@@ -48,7 +48,7 @@ from caqe_core.web import (
     state,
     write_connection,
 )
-from caqe_core.web.audio import asset_url, stimulus_url
+from caqe_core.web.audio import asset_url, stimulus_urls
 
 logger = logging.getLogger(__name__)
 
@@ -357,12 +357,12 @@ def _commit_open_session() -> None:
 def _signal_urls(
     participant: ParticipantKey, condition: Any, plan: dict[str, Any]
 ) -> dict[str, str]:
-    return {
-        signal["id"]: stimulus_url(
-            participant.id, condition.stimuli[signal["stimulus"]].id
-        )
-        for signal in plan["signals"]
-    }
+    signals = plan["signals"]
+    urls = stimulus_urls(
+        participant.id,
+        [condition.stimuli[signal["stimulus"]].id for signal in signals],
+    )
+    return {signal["id"]: url for signal, url in zip(signals, urls, strict=True)}
 
 
 def _trial_page(
