@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -52,6 +53,10 @@ class WebState:
     audio_paths: dict[int, Path] = field(default_factory=dict)
     """Served file of each stimulus id, filled on first request. Stimuli
     never change while a study is served, so the cache needs no expiry."""
+    participant_ids: dict[str, str] = field(default_factory=dict)
+    """Public id of each participant token whose signature was checked.
+    Only valid tokens are added, and the dict is emptied when it reaches
+    ``PARTICIPANT_ID_CACHE_SIZE`` entries."""
 
 
 def state() -> WebState:
@@ -108,12 +113,29 @@ def participant_token(public_id: str) -> str:
     return state().participant_tokens.dumps(public_id)
 
 
+PARTICIPANT_ID_CACHE_SIZE = 10_000
+
+
 def decode_participant_token(token: str) -> str | None:
+    """Return the public id that ``token`` was signed for, or None if it is invalid.
+
+    Every trial page and response decodes the same few tokens again, so
+    tokens that pass the signature check are remembered.
+    """
+    web_state = state()
+    public_id = web_state.participant_ids.get(token)
+    if public_id is not None:
+        return public_id
     try:
-        value = state().participant_tokens.loads(token)
+        value = web_state.participant_tokens.loads(token)
     except BadSignature:
         return None
-    return value if isinstance(value, str) else None
+    if not isinstance(value, str):
+        return None
+    if len(web_state.participant_ids) >= PARTICIPANT_ID_CACHE_SIZE:
+        web_state.participant_ids.clear()
+    web_state.participant_ids[token] = value
+    return value
 
 
 def csrf_token(public_id: str) -> str:
@@ -191,7 +213,7 @@ def create_app(
     static_files.init_app(app)
 
     app.teardown_appcontext(_close_session)
-    app.after_request(_security_headers)
+    app.after_request(_security_headers(study))
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     app.jinja_env.globals["study_title"] = study.config.core.experiment.title
@@ -205,20 +227,33 @@ def _close_session(_exception: BaseException | None) -> None:
             resource.close()
 
 
-def _security_headers(response: Any) -> Any:
-    ancestors = " ".join(current_study().config.core.web.frame_ancestors)
-    response.headers.setdefault(
-        "Content-Security-Policy",
-        "default-src 'self'; img-src 'self' data:; media-src 'self' blob:; "
-        "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; "
-        f"connect-src 'self'; form-action *; frame-ancestors {ancestors}",
+def _security_headers(study: Study) -> Callable[[Any], Any]:
+    """Return the after-request function that adds the study's security headers.
+
+    A header a view set already is kept. The values depend only on the
+    study's config, so they are built once.
+    """
+    ancestors = " ".join(study.config.core.web.frame_ancestors)
+    headers = (
+        (
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; media-src 'self' blob:; "
+            "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; "
+            f"connect-src 'self'; form-action *; frame-ancestors {ancestors}",
+        ),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Referrer-Policy", "no-referrer"),
+        ("Cross-Origin-Resource-Policy", "same-origin"),
     )
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
-    response.headers.setdefault("Cross-Origin-Resource-Policy", "same-origin")
-    if response.mimetype == "text/html":
-        response.headers.setdefault("Cache-Control", "no-store")
-    return response
+
+    def add_security_headers(response: Any) -> Any:
+        for name, value in headers:
+            response.headers.setdefault(name, value)
+        if response.mimetype == "text/html":
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    return add_security_headers
 
 
 def _wants_json() -> bool:
