@@ -265,7 +265,9 @@ class TestType:
         """Turn one stored trial into tidy rows (one per rating or judgement).
 
         ``trial`` has ``participant``, ``condition`` (a ``ConditionView``),
-        ``plan``, ``response``, ``started_at`` and ``completed_at``.
+        ``plan``, ``response``, ``started_at`` and ``completed_at``, and
+        also ``trial``, ``position``, ``time_on_page_ms`` and the stored
+        JSON texts ``plan_json`` and ``response_json``.
         """
         raise NotImplementedError
 

@@ -122,11 +122,13 @@ def ratings_frame(study: Any, trials: list[Any]) -> Any | None:
     Called by ``caqe results export`` and ``caqe analyze`` once per batch of
     up to 1,000 trials, in export order. ``study`` is the
     ``caqe_core.study.Study`` and ``trials`` a list of the mappings that
-    ``TestType.export_rows`` receives. Return a ``pandas.DataFrame`` with the
-    rows and columns that ``export_rows`` returns for these trials, indexed by
-    the position of each row's trial in ``trials`` (non-decreasing), or None
-    to let the core call ``export_rows`` once per trial. At most one plugin
-    may return a DataFrame for a batch.
+    ``TestType.export_rows`` receives. Their ``plan`` and ``response`` are
+    decoded on first use, and ``plan_json`` and ``response_json`` are the
+    stored JSON texts, for a plugin that parses a whole batch at once. Return
+    a ``pandas.DataFrame`` with the rows and columns that ``export_rows``
+    returns for these trials, indexed by the position of each row's trial in
+    ``trials`` (non-decreasing), or None to let the core call ``export_rows``
+    once per trial. At most one plugin may return a DataFrame for a batch.
     """
 
 

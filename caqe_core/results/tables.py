@@ -14,7 +14,7 @@ import datetime as dt
 import gc
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -54,8 +54,8 @@ def use_system_allocator() -> None:
     """Make pyarrow allocate with the C library's malloc instead of jemalloc.
 
     The export and analysis commands call it before they read a study.
-    pyarrow's jemalloc pool hands freed pages back to the system after a
-    second or so, and the next million-row column faults them in again. On
+    pyarrow's jemalloc pool returns freed pages to the system after a
+    decay time, and the next million-row column faults them in again. On
     ``caqe analyze`` of 10^6 pairwise judgements this cost about 0.6 s of
     system time out of 9.5 s, and the peak memory was 40 MiB higher. Without
     pyarrow it does nothing.
@@ -588,7 +588,7 @@ def _ratings_batch(
 
     The owners give the position in the batch of each exported row's trial.
     """
-    exported: list[dict[str, Any]] = []
+    exported: list[StoredTrial] = []
     trials: list[dict[str, Any]] = []
     for row in partition:
         condition = study.conditions[row.condition_id]
@@ -596,17 +596,19 @@ def _ratings_batch(
         completed = utc(row.created_at)
         participant = participant_ids[row.participant_id]
         exported.append(
-            {
-                "participant": participant,
-                "condition": condition,
-                "plan": _decode_json(row.plan_text),
-                "response": _decode_json(row.response_text),
-                "started_at": started,
-                "completed_at": completed,
-                "trial": row.public_id,
-                "position": row.position,
-                "time_on_page_ms": row.time_on_page_ms,
-            }
+            StoredTrial(
+                {
+                    "participant": participant,
+                    "condition": condition,
+                    "started_at": started,
+                    "completed_at": completed,
+                    "trial": row.public_id,
+                    "position": row.position,
+                    "time_on_page_ms": row.time_on_page_ms,
+                },
+                plan_json=row.plan_text,
+                response_json=row.response_text,
+            )
         )
         trials.append(
             {
@@ -647,8 +649,48 @@ def _ratings_batch(
     return _compact(trial_frame), rows, owners
 
 
+class StoredTrial(Mapping[str, Any]):
+    """One stored trial, as ``export_rows`` and ``ratings_frame`` receive it.
+
+    ``plan`` and ``response`` are the decoded JSON documents, decoded on
+    first use. ``plan_json`` and ``response_json`` are the stored texts, for
+    a ``ratings_frame`` hook that parses a whole batch at once and so never
+    needs the decoded ones.
+    """
+
+    __slots__ = ("_fields",)
+
+    def __init__(
+        self, fields: dict[str, Any], plan_json: str | None, response_json: str | None
+    ) -> None:
+        self._fields = fields
+        fields["plan_json"] = plan_json
+        fields["response_json"] = response_json
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return self._fields[key]
+        except KeyError:
+            if key not in _DECODED:
+                raise
+        value = _decode_json(self._fields[_DECODED[key]])
+        self._fields[key] = value
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._fields
+        yield from (key for key in _DECODED if key not in self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields) + sum(key not in self._fields for key in _DECODED)
+
+
+_DECODED = {"plan": "plan_json", "response": "response_json"}
+"""The decoded keys of a ``StoredTrial`` and the text each is decoded from."""
+
+
 def _export_batch(
-    study: Study, test_type: Any, trials: list[dict[str, Any]]
+    study: Study, test_type: Any, trials: list[StoredTrial]
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Turn a batch of trials into ratings rows and the index of each row's trial.
 

@@ -11,7 +11,12 @@ import pytest
 from caqe_core import hookimpl
 from caqe_core.plugins import Registry, build_registry
 from caqe_core.results import tables
-from caqe_core.results.tables import ExportError, StudyTables, load_tables
+from caqe_core.results.tables import (
+    ExportError,
+    StoredTrial,
+    StudyTables,
+    load_tables,
+)
 from caqe_core.study import Study
 from tests.results.synthetic import SyntheticStudy
 from tests.support import scale_plugin
@@ -21,6 +26,8 @@ TRIAL_KEYS = {
     "condition",
     "plan",
     "response",
+    "plan_json",
+    "response_json",
     "started_at",
     "completed_at",
     "trial",
@@ -123,3 +130,25 @@ def test_ratings_frame_errors_name_hook(
 def test_ratings_frame_from_two_plugins_rejected(small_study: SyntheticStudy) -> None:
     with pytest.raises(ExportError, match="2 plugins return a ratings_frame"):
         read_tables(small_study, ("one", ScaleFrames()), ("two", ScaleFrames()))
+
+
+def test_stored_trial_decodes_documents_on_first_use() -> None:
+    trial = StoredTrial(
+        {"participant": "p1"}, plan_json='{"pairs": []}', response_json=None
+    )
+
+    assert len(trial) == 5
+    assert set(trial) == {
+        "participant",
+        "plan_json",
+        "response_json",
+        "plan",
+        "response",
+    }
+    assert trial["plan_json"] == '{"pairs": []}'
+    assert trial["plan"] == {"pairs": []}
+    assert trial["plan"] is trial["plan"]
+    assert trial["response"] is None
+    assert trial.get("missing") is None
+    assert len(trial) == 5
+    assert dict(trial)["plan"] == {"pairs": []}
