@@ -3,6 +3,7 @@ consistency, the report, and the served pages over real HTTP."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -38,6 +39,7 @@ from caqe_core.cli import build_cli, resolve_config_path
 from caqe_core.config import load_config
 from caqe_core.models import Reservation, Trial
 from caqe_core.plugins import Registry, set_registry
+from caqe_core.results.tables import StoredTrial, load_tables
 from caqe_core.study import check_study
 from tests.support.server import ServedStudy, build_study
 from tests.support.studies import scale_study
@@ -699,9 +701,12 @@ def test_export_rows_one_per_judgement() -> None:
     assert set(rows[0]) == {"item", "scale", *PairwiseTestType.export_columns}
 
 
-@pytest.mark.parametrize("storage", ["pyarrow", "python"])
+@pytest.mark.parametrize(
+    ("storage", "source"),
+    [("pyarrow", "decoded"), ("python", "decoded"), ("pyarrow", "texts")],
+)
 def test_judgement_frame_equals_export_rows(
-    storage: str, monkeypatch: pytest.MonkeyPatch
+    storage: str, source: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     string_dtype = pd.StringDtype(storage, na_value=pd.NA)
     monkeypatch.setattr(judgements, "STRING_DTYPE", string_dtype)
@@ -721,6 +726,19 @@ def test_judgement_frame_equals_export_rows(
         {"condition": condition, "plan": PLAN, "response": response}
         for condition, response in responses
     ]
+    if source == "texts":
+        # Only the stored texts: a fallback to the decoded documents would
+        # fail with KeyError, so the rows below come from pyarrow's parse.
+        given = [
+            {
+                "condition": trial["condition"],
+                "plan_json": json.dumps(trial["plan"]),
+                "response_json": json.dumps(trial["response"]),
+            }
+            for trial in trials
+        ]
+    else:
+        given = trials
     expected_rows = []
     expected_index = []
     for position, trial in enumerate(trials):
@@ -728,7 +746,7 @@ def test_judgement_frame_equals_export_rows(
             expected_rows.append(row)
             expected_index.append(position)
 
-    frame = judgement_frame(trials)
+    frame = judgement_frame(given)
 
     assert list(frame.index) == expected_index
     assert list(frame.columns) == list(expected_rows[0])
@@ -739,6 +757,106 @@ def test_judgement_frame_equals_export_rows(
     assert frame["decision_time_ms"].dtype == "float64"
     assert frame["stimulus_a"].dtype == string_dtype
     assert frame["system"].dtype == string_dtype
+
+
+def _broken(change: Callable[[dict[str, Any], dict[str, Any]], None]) -> Any:
+    plan = copy.deepcopy(PLAN)
+    response = response_for(plan["pairs"], CHOICES)
+    change(plan, response)
+    return plan, response
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda plan, response: None, id="intact"),
+        pytest.param(
+            lambda plan, response: response["judgements"][1].pop("choice"),
+            id="missing-choice",
+        ),
+        pytest.param(
+            lambda plan, response: response["judgements"][1].update(choice=None),
+            id="null-choice",
+        ),
+        pytest.param(
+            lambda plan, response: response["judgements"][0].update(pair=-1),
+            id="negative-pair",
+        ),
+        pytest.param(
+            lambda plan, response: response["judgements"][0].update(pair=7),
+            id="pair-beyond-page",
+        ),
+        pytest.param(
+            lambda plan, response: response["judgements"][0].update(pair=1.0),
+            id="float-pair",
+        ),
+        pytest.param(
+            lambda plan, response: response["judgements"][2].update(
+                decision_time_ms="1500"
+            ),
+            id="time-as-text",
+        ),
+        pytest.param(
+            lambda plan, response: response["judgements"][2]["played_seconds"].pop("b"),
+            id="missing-played",
+        ),
+        pytest.param(
+            lambda plan, response: plan["pairs"][0].update(a="s9"), id="unknown-signal"
+        ),
+        pytest.param(
+            lambda plan, response: plan["signals"].append(
+                {"id": "s1", "stimulus": "sys3"}
+            ),
+            id="signal-listed-twice",
+        ),
+        pytest.param(
+            lambda plan, response: plan["pairs"][1].update(repeat=1),
+            id="repeat-as-number",
+        ),
+        pytest.param(
+            lambda plan, response: plan["signals"][1].update(stimulus=None),
+            id="null-stimulus",
+        ),
+    ],
+)
+@pytest.mark.parametrize("indent", [None, 2])
+def test_judgement_frame_from_texts_reads_as_export_rows(
+    change: Callable[[dict[str, Any], dict[str, Any]], None], indent: int | None
+) -> None:
+    """Parsed texts give export_rows' rows, or its error on a broken document.
+
+    Pretty-printed texts, spread over several lines, and each broken shape
+    take the decoding path, which gives the same rows or errors as
+    export_rows.
+    """
+    plan, response = _broken(change)
+    view = condition_view(3, reference=True)
+    intact_plan, intact_response = _broken(lambda plan, response: None)
+    stored = [
+        StoredTrial(
+            {"condition": view},
+            plan_json=json.dumps(intact_plan),
+            response_json=json.dumps(intact_response),
+        ),
+        StoredTrial(
+            {"condition": view},
+            plan_json=json.dumps(plan, indent=indent),
+            response_json=json.dumps(response, indent=indent),
+        ),
+    ]
+    export = PairwiseTestType().export_rows
+    try:
+        expected_rows = [*export(stored[0]), *export(stored[1])]
+    except Exception as error:  # noqa: BLE001 - the error type is compared below
+        with pytest.raises(type(error)):
+            judgement_frame(stored)
+        return
+
+    frame = judgement_frame(stored)
+
+    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    assert records == expected_rows
+    assert list(frame.index) == [0] * len(CHOICES) + [1] * len(response["judgements"])
 
 
 # --- served pages ------------------------------------------------------------------
@@ -801,6 +919,42 @@ def test_server_rejects_unshown_and_unheard_choices(
     )
     assert accepted.status_code == 200, accepted.text
     assert count_trials(served_pairwise) == 1
+
+
+def test_stored_page_is_read_through_pyarrow(
+    served_pairwise: ServedStudy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    http, page_url = arrive(served_pairwise.url)
+    settings = settings_of(http.get(page_url).text)
+    plan = plan_of(served_pairwise, settings)
+    choices = ["a", "b"] * len(plan["pairs"])
+    choices = choices[: len(plan["pairs"])]
+    response = response_for(plan["pairs"], choices)
+    events = listening_events(plan["pairs"], choices)
+    stored = post_page(served_pairwise, http, settings, response, events, "page")
+    assert stored.status_code == 200, stored.text
+
+    def no_decoding(*_args: Any) -> None:
+        raise AssertionError("the stored texts were decoded instead of parsed")
+
+    monkeypatch.setattr(judgements._JudgementColumns, "add", no_decoding)
+    with served_pairwise.session_factory() as session:
+        ratings = load_tables(session, served_pairwise.study)["ratings"]
+        trial = session.scalars(select(Trial)).one()
+        reservation = session.get(Reservation, trial.reservation_id)
+        assert reservation is not None
+        expected = PairwiseTestType().export_rows(
+            {
+                "condition": served_pairwise.study.conditions[trial.condition_id],
+                "plan": reservation.plan,
+                "response": trial.response,
+            }
+        )
+
+    columns = list(expected[0])
+    rows = ratings[columns].astype(object).where(ratings[columns].notna(), None)
+    assert rows.to_dict("records") == expected
+    assert set(ratings["trial"]) == {reservation.public_id}
 
 
 def test_caqe_run_serves_demo(tmp_path: Path) -> None:
