@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
-from scipy.signal.windows import hann
 
 DEFAULT_SAMPLE_RATE = 48000
 
@@ -38,6 +37,9 @@ def raised_cosine_ramps(frames: int, ramp_frames: int) -> np.ndarray:
             f"ramps of {ramp_frames} frames do not fit in a tone of {frames} frames; "
             "shorten the ramps or lengthen the tone"
         )
+    # Imported here: scipy.signal adds about 0.1 s to every command's start.
+    from scipy.signal.windows import hann
+
     window = hann(2 * ramp_frames + 1, sym=True)
     envelope = np.ones(frames)
     envelope[:ramp_frames] = window[:ramp_frames]

@@ -17,9 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
 
-import boto3
 import botocore.exceptions
-from botocore.config import Config
 from caqe_mturk.config import CENT, MTurkConfig, is_loopback_host
 
 logger = logging.getLogger(__name__)
@@ -189,6 +187,10 @@ def make_client(
     Raises MTurkSetupError when the profile does not exist or boto3 finds no
     credentials.
     """
+    # Imported here: boto3 adds about 0.08 s to the start of every caqe command.
+    import boto3
+    from botocore.config import Config
+
     _quiet_wire_logging()
     try:
         session = boto3.session.Session(profile_name=profile)

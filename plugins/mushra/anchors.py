@@ -21,7 +21,6 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.signal
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +70,8 @@ class LowpassFilter:
         forward-backward filtering applies ``H`` twice. In decibels it is
         ``20 * log10(gain)``.
         """
+        import scipy.signal
+
         freqs = np.asarray(freqs_hz, dtype=np.float64)
         _, response = scipy.signal.sosfreqz(
             self.sos.copy(), worN=freqs, fs=self.sample_rate
@@ -119,6 +120,10 @@ def design_lowpass(cutoff_hz: float, sample_rate: int) -> LowpassFilter:
 
 @functools.lru_cache(maxsize=32)
 def _design_cached(cutoff_hz: float, sample_rate: int) -> LowpassFilter:
+    # scipy.signal is imported in the functions that use it, because it adds
+    # about 0.1 s to the start of every caqe command.
+    import scipy.signal
+
     stopband_edge_hz = cutoff_hz * TRANSITION_RATIO
     order, natural_hz = scipy.signal.ellipord(
         cutoff_hz,
@@ -159,6 +164,8 @@ def _design_cached(cutoff_hz: float, sample_rate: int) -> LowpassFilter:
 
 
 def _settle_length(sos: np.ndarray) -> int:
+    import scipy.signal
+
     impulse = np.zeros(_MAX_DECAY_SAMPLES)
     impulse[0] = 1.0
     envelope = np.abs(scipy.signal.sosfilt(sos, impulse))
@@ -196,6 +203,8 @@ def lowpass_anchor(
             "Invalid signal: it contains NaN or infinite samples. Check the "
             "decoded audio before making an anchor."
         )
+
+    import scipy.signal
 
     lowpass = design_lowpass(cutoff_hz, sample_rate)
     padlen = min(lowpass.settle_samples, data.shape[0] - 1)
