@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from flask import Flask, current_app, g, jsonify, render_template, request
+from flask import Flask, Request, current_app, g, jsonify, render_template, request
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -46,10 +47,6 @@ class WebState:
     participant_tokens: URLSafeSerializer
     engine: Engine
     """The engine of ``session_factory``."""
-    read_engine: Engine
-    """``engine`` with connections whose statements each commit on their own
-    (autocommit). For the reads and single-statement writes of the hot
-    participant pages: no BEGIN and COMMIT round trips around them."""
     audio_paths: dict[int, Path] = field(default_factory=dict)
     """Served file of each stimulus id, filled on first request. Stimuli
     never change while a study is served, so the cache needs no expiry."""
@@ -84,7 +81,13 @@ def read_connection() -> Connection:
     """
     connection = g.get("caqe_read_connection")
     if connection is None:
-        connection = g.caqe_read_connection = state().read_engine.connect()
+        # Autocommit is set on the connection, not through
+        # engine.execution_options(): an engine with options carries an
+        # event listener, which sends every statement of its connections
+        # through SQLAlchemy's slower event dispatch.
+        connection = state().engine.connect()
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        g.caqe_read_connection = connection
     return connection
 
 
@@ -191,6 +194,7 @@ def create_app(
     app.config["SECRET_KEY"] = secret_key
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.config["JSON_SORT_KEYS"] = False
+    app.session_interface = _CookieSessionInterface()
     engine = session_factory.kw["bind"]
     app.extensions["caqe"] = WebState(
         study=study,
@@ -201,7 +205,6 @@ def create_app(
         audio_tokens=AudioTokens(secret_key),
         participant_tokens=URLSafeSerializer(secret_key, salt="caqe-participant"),
         engine=engine,
-        read_engine=engine.execution_options(isolation_level="AUTOCOMMIT"),
     )
 
     from caqe_core.web import admin, audio, participant, static_files
@@ -218,6 +221,20 @@ def create_app(
     app.register_error_handler(Exception, _unexpected_error)
     app.jinja_env.globals["study_title"] = study.config.core.experiment.title
     return app
+
+
+class _CookieSessionInterface(SecureCookieSessionInterface):
+    """Flask's cookie session, without building its signer for requests without the cookie.
+
+    Flask builds the signer on every request, before it looks for the
+    cookie. Participant requests carry no session cookie, so they now
+    skip that work and get the same empty session.
+    """
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if app.secret_key and not request.cookies.get(self.get_cookie_name(app)):
+            return self.session_class()
+        return super().open_session(app, request)
 
 
 def _close_session(_exception: BaseException | None) -> None:
@@ -247,10 +264,14 @@ def _security_headers(study: Study) -> Callable[[Any], Any]:
     )
 
     def add_security_headers(response: Any) -> Any:
+        # One pass over the response's headers, where setdefault would
+        # scan them once per header.
+        present = {name.lower() for name in response.headers.keys()}
         for name, value in headers:
-            response.headers.setdefault(name, value)
-        if response.mimetype == "text/html":
-            response.headers.setdefault("Cache-Control", "no-store")
+            if name.lower() not in present:
+                response.headers.add(name, value)
+        if "cache-control" not in present and response.mimetype == "text/html":
+            response.headers.add("Cache-Control", "no-store")
         return response
 
     return add_security_headers
