@@ -150,9 +150,13 @@ def _add_version(endpoint: str, values: dict[str, Any]) -> None:
 def _cache_versioned(response: Any) -> Any:
     if response.status_code not in (200, 304) or request.view_args is None:
         return response
-    version = request.args.get(VERSION_ARG)
+    # The filename first: most responses are not files, and reading it
+    # costs less than parsing the query string.
     filename = request.view_args.get("filename")
-    if not version or not isinstance(filename, str) or request.endpoint is None:
+    if not isinstance(filename, str) or request.endpoint is None:
+        return response
+    version = request.args.get(VERSION_ARG)
+    if not version:
         return response
     if version == static_version(request.endpoint, filename):
         response.headers["Cache-Control"] = (
