@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from caqe_core.models import (
@@ -252,24 +252,30 @@ def ensure_reservations(
             next_position = (
                 max((reservation.position for reservation in own), default=-1) + 1
             )
+            new_reservations = []
             for offset, condition_id in enumerate(chosen):
                 view = study.conditions[condition_id]
                 plan_rng = random.Random(
                     f"{study.config.core.experiment.seed}:{participant.public_id}:{view.key}"
                 )
                 plan = study.test_type.plan_trial(view, plan_rng, participant.sequence)
-                session.add(
-                    Reservation(
-                        public_id=secrets.token_urlsafe(12),
-                        participant_id=participant_id,
-                        condition_id=condition_id,
-                        position=next_position + offset,
-                        status="active",
-                        plan=plan,
-                        created_at=now,
-                        expires_at=now + lifetime,
-                    )
+                new_reservations.append(
+                    {
+                        "public_id": secrets.token_urlsafe(12),
+                        "participant_id": participant_id,
+                        "condition_id": condition_id,
+                        "position": next_position + offset,
+                        "status": "active",
+                        "plan": plan,
+                        "created_at": now,
+                        "expires_at": now + lifetime,
+                    }
                 )
+            if new_reservations:
+                # One executemany INSERT on the connection: the unit of work
+                # would build and track an object per row, which the select
+                # below reads again anyway.
+                session.connection().execute(insert(Reservation), new_reservations)
             change_loads(session, dict.fromkeys(chosen, 1))
         session.flush()
         mine = session.scalars(
