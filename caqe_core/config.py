@@ -473,15 +473,12 @@ def parse_yaml(path: Path, text: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
     """
     try:
         try:
-            node, data = _load_yaml(text, _FAST_LOADER)
-        except yaml.YAMLError:
+            data, positions, duplicates = _load_yaml(text, _FAST_LOADER)
+        except (yaml.YAMLError, UnicodeEncodeError):
             # libyaml words its errors differently; PyYAML's own parser gives
-            # the messages (and the marks) that the error below describes.
-            node, data = _load_yaml(text, yaml.SafeLoader)
-        positions: dict[tuple[Any, ...], int] = {}
-        duplicates: list[tuple[tuple[Any, ...], int, int]] = []
-        if node is not None:
-            _positions(node, (), positions, duplicates)
+            # the messages (and the marks) that the error below describes. It
+            # also reports a lone surrogate, which libyaml cannot take as UTF-8.
+            data, positions, duplicates = _load_yaml(text, _PythonLoader)
         if duplicates:
             raise ConfigError(
                 [
@@ -501,23 +498,75 @@ def parse_yaml(path: Path, text: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
         raise ConfigError(
             [format_problem(path, None, None, f"invalid YAML: {error}")]
         ) from None
+    except RecursionError:
+        message = (
+            "invalid YAML: the lists or mappings are nested too deeply to parse. "
+            "Flatten the nesting."
+        )
+        raise ConfigError([format_problem(path, None, None, message)]) from None
     return data, positions
 
 
-_FAST_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-"""libyaml's safe loader where PyYAML was built with it: it parsed a 7 KB
-study config about ten times as fast as the pure-Python one."""
+class _CheckedValues:
+    """Constructor mixin that reports a scalar its tag cannot convert, with its mark.
+
+    PyYAML's own constructors raise a bare ValueError, without a line, for a
+    timestamp such as ``2024-13-45`` or a value such as ``!!int abc``.
+    """
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)  # type: ignore[misc]
+        except (ValueError, TypeError, OverflowError) as error:
+            kind = node.tag.rsplit(":", 1)[-1]
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"cannot read {node.value!r} as {kind}: {error}. "
+                "Quote the value to keep it as text",
+                node.start_mark,
+            ) from None
 
 
-def _load_yaml(text: str, loader_class: Any) -> tuple[yaml.Node | None, Any]:
-    """Parse ``text`` once into its node tree and the data built from it."""
+class _PythonLoader(_CheckedValues, yaml.SafeLoader):
+    """PyYAML's pure-Python safe loader."""
+
+
+class _LibyamlLoader(
+    _CheckedValues,
+    getattr(yaml, "CSafeLoader", yaml.SafeLoader),  # type: ignore[misc]
+):
+    """libyaml's safe loader where PyYAML was built with it: it parsed a 7 KB
+    study config about ten times as fast as the pure-Python one."""
+
+
+_FAST_LOADER: Any = _LibyamlLoader
+
+
+def _load_yaml(
+    text: str, loader_class: Any
+) -> tuple[Any, dict[tuple[Any, ...], int], list[tuple[tuple[Any, ...], int, int]]]:
+    """Parse ``text`` once; return the data, the lines and the duplicate keys.
+
+    The lines are read from the node tree before the data is built, because
+    building the data rewrites each mapping that has a merge key (``<<``) in
+    place: the merged keys would then look like duplicates of the keys that
+    override them.
+    """
+    positions: dict[tuple[Any, ...], int] = {}
+    duplicates: list[tuple[tuple[Any, ...], int, int]] = []
     loader = loader_class(text)
     try:
         node = loader.get_single_node()
-        data = None if node is None else loader.construct_document(node)
+        if node is None:
+            return None, positions, duplicates
+        _positions(node, (), positions, duplicates)
+        if duplicates:
+            return None, positions, duplicates
+        data = loader.construct_document(node)
     finally:
         loader.dispose()
-    return node, data
+    return data, positions, duplicates
 
 
 def _describe_yaml_error(path: Path, error: yaml.MarkedYAMLError) -> str:

@@ -345,6 +345,26 @@ CASES = [
         line_text="\ttitle",
     ),
     Case(
+        "date out of range",
+        edit("  title: Scale test\n", "  title: 2024-13-45  #<\n"),
+        [
+            "invalid YAML",
+            "'2024-13-45'",
+            "timestamp",
+            "month must be in 1..12",
+            "Quote",
+        ],
+    ),
+    Case(
+        "duplicate merge key",
+        edit(
+            "assignment:\n",
+            "defaults: &defaults\n  trials_per_condition: 5\nassignment:\n"
+            "  <<: *defaults\n  <<: *defaults  #<\n",
+        ),
+        ["assignment.<<", "duplicate key '<<'"],
+    ),
+    Case(
         "duplicate top-level key",
         edit("audio:\n", "test_type: scale  #<\naudio:\n"),
         ["test_type", "duplicate key 'test_type'", "line 4"],
@@ -639,3 +659,34 @@ def test_nested_aliases_walked_once() -> None:
     assert len(data["a5"]) == 10
     assert len(positions) < 200
     assert positions[("a5",)] == 6
+
+
+def test_merge_key_override_is_valid(
+    tmp_path: Path, run_validate: Callable[..., tuple[int, str]]
+) -> None:
+    """A key that overrides one merged in with ``<<`` is no duplicate."""
+    text = edit(
+        "    - name: item1\n      stimuli:\n",
+        "    - <<: *item0\n      name: item1\n      stimuli:\n",
+    ).replace("    - name: item0\n", "    - &item0\n      name: item0\n")
+
+    data, positions = parse_yaml(Path("merge.yaml"), text)
+    code, output = run_validate(str(write_study(tmp_path, text)))
+
+    assert [item["name"] for item in data["scale"]["items"]] == ["item0", "item1"]
+    assert positions[("scale", "items", 1, "<<")] == 20
+    assert positions[("scale", "items", 1, "name")] == 21
+    assert code == 0, output
+
+
+def test_deep_nesting_is_config_error(
+    tmp_path: Path, run_validate: Callable[..., tuple[int, str]]
+) -> None:
+    path = write_study(tmp_path, BASE + "deep: " + "[" * 5000 + "]" * 5000 + "\n")
+
+    code, output = run_validate(str(path))
+
+    assert code == 1, output
+    assert "Traceback" not in output
+    assert str(path.resolve()) in output
+    assert "nested too deeply" in output
