@@ -47,6 +47,10 @@ def judgement_frame(trials: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     two documents. The columns are ``item``, ``scale`` and those of
     ``plugin.EXPORT_COLUMNS``, with the values of ``judgement_rows``. The
     index is the position of each row's trial in ``trials``.
+
+    When a choice, signal id or stimulus name is not a string, the frame is
+    built from the dicts of ``judgement_rows``, because those keep such a
+    value as it is and a string column cannot.
     """
     parsed = _parsed_frame(trials)
     if parsed is not None:
@@ -54,6 +58,8 @@ def judgement_frame(trials: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     columns = _JudgementColumns()
     for trial in trials:
         columns.add(trial["plan"], trial["response"]["judgements"])
+    if not columns.all_text():
+        return _frame_of_rows(trials)
 
     n_rows = len(columns.pair)
     trial_of_row = np.repeat(np.arange(len(trials)), columns.counts)
@@ -94,6 +100,22 @@ def judgement_frame(trials: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     )
 
 
+def _frame_of_rows(trials: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Build the frame from ``judgement_rows``, one page at a time."""
+    from .plugin import judgement_rows
+
+    rows: list[dict[str, Any]] = []
+    owners: list[int] = []
+    for index, trial in enumerate(trials):
+        condition = trial["condition"]
+        page_rows = judgement_rows(
+            condition.item, condition.scale, trial["plan"], trial["response"]
+        )
+        rows += page_rows
+        owners += [index] * len(page_rows)
+    return pd.DataFrame(rows, index=pd.Index(owners, dtype=np.int64))
+
+
 class _JudgementColumns:
     """The judgements of the pages added so far, one list per field."""
 
@@ -110,14 +132,34 @@ class _JudgementColumns:
         self.counts: list[int] = []
         """Number of judgements of each page."""
 
+    def all_text(self) -> bool:
+        """Tell whether every choice, signal id and stimulus name is a string.
+
+        A None choice also counts, because a string column keeps it as NA.
+        """
+        choices = (choice for choice in self.choice if choice is not None)
+        return all(
+            type(value) is str
+            for values in (
+                choices,
+                self.signal_a,
+                self.signal_b,
+                self.stimulus_a,
+                self.stimulus_b,
+            )
+            for value in values
+        )
+
     def add(
         self, plan: Mapping[str, Any], judgements: Sequence[Mapping[str, Any]]
     ) -> None:
         """Append the judgements of one page, looking up each pair in ``plan``."""
         self.counts.append(len(judgements))
+        # Read before the early return, because judgement_rows reads every
+        # page's signals and so raises on a broken list of an unjudged page.
+        stimulus_of = dict(map(_SIGNAL_FIELDS, plan["signals"]))
         if not judgements:
             return
-        stimulus_of = dict(map(_SIGNAL_FIELDS, plan["signals"]))
         pairs, choices, decision_times, played = zip(
             *map(_JUDGEMENT_FIELDS, judgements), strict=True
         )
@@ -225,6 +267,9 @@ def _read_documents(texts: list[Any], schema: Any) -> Any | None:
     # pyarrow also ends a line at a carriage return.
     if joined.count("\n") != len(texts) - 1 or "\r" in joined:
         return None
+    # orjson rejects a text that starts with a byte order mark, pyarrow skips it.
+    if "\ufeff" in joined:
+        return None
     try:
         table = pyarrow.json.read_json(
             io.BytesIO(joined.encode()),
@@ -299,6 +344,12 @@ def _parsed_columns(plans: Any, responses: Any) -> dict[str, Any] | None:
     fields["played_b"] = played.field("b")
     if played.null_count or any(values.null_count for values in fields.values()):
         return None
+    # pyarrow reads NaN and Infinity, which orjson rejects, and reads the
+    # integer -0 as -0.0, which orjson reads as 0. Such pages are decoded.
+    for name in ("decision_time_ms", "played_a", "played_b"):
+        numbers = fields[name].to_numpy()
+        if not np.isfinite(numbers).all() or np.signbit(numbers[numbers == 0]).any():
+            return None
     n_trials = len(judgements)
     trial_of_row = np.repeat(np.arange(n_trials), judgements.value_lengths().to_numpy())
     if trial_of_row.size == 0:
@@ -306,13 +357,14 @@ def _parsed_columns(plans: Any, responses: Any) -> dict[str, Any] | None:
 
     pairs = plans.column("pairs").chunk(0)
     signals = plans.column("signals").chunk(0)
-    # Only pages with judgements need their plan, as in judgement_rows.
+    # judgement_rows reads the signals of every page, but the pairs only of
+    # pages with judgements.
+    if signals.null_count:
+        return None
     judged = np.zeros(n_trials, dtype=bool)
     judged[trial_of_row] = True
-    for lists in (pairs, signals):
-        nulls = lists.is_null().to_numpy(zero_copy_only=False)
-        if (nulls & judged).any():
-            return None
+    if (pairs.is_null().to_numpy(zero_copy_only=False) & judged).any():
+        return None
     pair_list = _list_values(pairs)
     signal_list = _list_values(signals)
     for values in (

@@ -817,6 +817,47 @@ def _broken(change: Callable[[dict[str, Any], dict[str, Any]], None]) -> Any:
             lambda plan, response: plan["signals"][1].update(stimulus=None),
             id="null-stimulus",
         ),
+        pytest.param(
+            lambda plan, response: response["judgements"][1].update(choice=1),
+            id="choice-as-number",
+        ),
+        pytest.param(
+            lambda plan, response: plan["signals"][0].update(stimulus=7),
+            id="stimulus-as-number",
+        ),
+        pytest.param(
+            lambda plan, response: response["judgements"][0].update(
+                decision_time_ms=float("nan")
+            ),
+            id="nan-time",
+        ),
+        pytest.param(
+            lambda plan, response: response["judgements"][0]["played_seconds"].update(
+                a=float("inf")
+            ),
+            id="infinite-played",
+        ),
+        pytest.param(
+            lambda plan, response: (
+                response.update(judgements=[]),
+                plan.update(signals=None),
+            ),
+            id="unjudged-page-null-signals",
+        ),
+        pytest.param(
+            lambda plan, response: (
+                response.update(judgements=[]),
+                plan.pop("signals"),
+            ),
+            id="unjudged-page-missing-signals",
+        ),
+        pytest.param(
+            lambda plan, response: (
+                response.update(judgements=[]),
+                plan["signals"][0].pop("stimulus"),
+            ),
+            id="unjudged-page-broken-signal",
+        ),
     ],
 )
 @pytest.mark.parametrize("indent", [None, 2])
@@ -857,6 +898,46 @@ def test_judgement_frame_from_texts_reads_as_export_rows(
     records = frame.astype(object).where(frame.notna(), None).to_dict("records")
     assert records == expected_rows
     assert list(frame.index) == [0] * len(CHOICES) + [1] * len(response["judgements"])
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("integer minus zero", '"decision_time_ms": -0,'),
+        ("byte order mark", None),
+    ],
+)
+def test_judgement_frame_reads_texts_as_orjson(name: str, text: str | None) -> None:
+    """Texts that pyarrow reads otherwise than orjson give export_rows' result."""
+    plan, response = _broken(lambda plan, response: None)
+    response["judgements"][0]["decision_time_ms"] = 0
+    response_json = json.dumps(response)
+    if text is None:
+        response_json = "\ufeff" + response_json
+    else:
+        response_json = response_json.replace('"decision_time_ms": 0,', text, 1)
+    view = condition_view(3, reference=True)
+    stored = [
+        StoredTrial(
+            {"condition": view},
+            plan_json=json.dumps(plan),
+            response_json=response_json,
+        )
+    ]
+    export = PairwiseTestType().export_rows
+    try:
+        expected_rows = export(stored[0])
+    except Exception as error:  # noqa: BLE001 - the error type is compared below
+        with pytest.raises(type(error)):
+            judgement_frame(stored)
+        return
+
+    frame = judgement_frame(stored)
+
+    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    assert records == expected_rows
+    signs = np.signbit(frame["decision_time_ms"].to_numpy())
+    assert list(signs) == [np.signbit(row["decision_time_ms"]) for row in expected_rows]
 
 
 # --- served pages ------------------------------------------------------------------
@@ -955,6 +1036,37 @@ def test_stored_page_is_read_through_pyarrow(
     rows = ratings[columns].astype(object).where(ratings[columns].notna(), None)
     assert rows.to_dict("records") == expected
     assert set(ratings["trial"]) == {reservation.public_id}
+
+
+def test_stored_number_choice_exports_as_export_rows(
+    served_pairwise: ServedStudy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stored choice that is not text gives the table of export_rows."""
+    http, page_url = arrive(served_pairwise.url)
+    settings = settings_of(http.get(page_url).text)
+    plan = plan_of(served_pairwise, settings)
+    choices = ["a"] * len(plan["pairs"])
+    response = response_for(plan["pairs"], choices)
+    events = listening_events(plan["pairs"], choices)
+    stored = post_page(served_pairwise, http, settings, response, events, "page")
+    assert stored.status_code == 200, stored.text
+    with served_pairwise.session_factory() as session:
+        trial = session.scalars(select(Trial)).one()
+        edited = copy.deepcopy(trial.response)
+        edited["judgements"][0]["choice"] = 1
+        trial.response = edited
+        session.commit()
+
+    study = served_pairwise.study
+    with served_pairwise.session_factory() as session:
+        ratings = load_tables(session, study)["ratings"]
+    # Without a ratings_frame hook, the core calls export_rows trial by trial.
+    monkeypatch.setattr(study.registry.hook, "ratings_frame", lambda **_: [])
+    with served_pairwise.session_factory() as session:
+        expected = load_tables(session, study)["ratings"]
+
+    pd.testing.assert_frame_equal(ratings, expected)
+    assert ratings["choice"].iloc[0] == "1"
 
 
 def test_caqe_run_serves_demo(tmp_path: Path) -> None:
