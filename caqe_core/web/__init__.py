@@ -135,6 +135,12 @@ def decode_participant_token(token: str) -> str | None:
         return None
     if not isinstance(value, str):
         return None
+    # itsdangerous also accepts other spellings of a valid token: it drops
+    # non-ASCII characters and "=" padding, and ignores the unused low bits
+    # of the last base64 character. Only the token as issued is accepted,
+    # so that one participant has one token and cache entry.
+    if web_state.participant_tokens.dumps(value) != token:
+        return None
     if len(web_state.participant_ids) >= PARTICIPANT_ID_CACHE_SIZE:
         web_state.participant_ids.clear()
     web_state.participant_ids[token] = value

@@ -11,6 +11,7 @@ import html
 import json
 import logging
 import re
+import string
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -543,6 +544,35 @@ def test_bad_participant_token(
 
     assert answer.status_code == 404
     assert answer.json()["field"] == "token"
+    assert count_trials(served_scale) == 0
+
+
+def _other_spellings(token: str) -> list[str]:
+    """Return strings that itsdangerous decodes to the same signed token."""
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+    last = alphabet.index(token[-1])
+    # A 20-byte signature is 27 base64 characters, and the last one carries
+    # two unused low bits.
+    same_bytes = alphabet[last ^ 1]
+    return [token + "%C3%A9", token + "=", token[:-1] + same_bytes]
+
+
+def test_other_token_spellings_rejected(
+    served_scale: ServedStudy, server_errors: list
+) -> None:
+    listener = arrive(served_scale.url)
+    trial = listener.trial()
+    token = trial["submit"].split("/")[3]
+    assert listener.http.get(listener.page_url).status_code == 200
+
+    for spelling in _other_spellings(token):
+        url = listener.base + trial["submit"].replace(token, spelling)
+        answer = listener.submit(trial, good_body(trial), url=url)
+        page = listener.http.get(listener.page_url.replace(token, spelling))
+
+        assert answer.status_code == 404, spelling
+        assert answer.json()["field"] == "token"
+        assert page.status_code == 404, spelling
     assert count_trials(served_scale) == 0
 
 
