@@ -135,7 +135,7 @@ def decode_participant_token(token: str) -> str | None:
         return None
     if not isinstance(value, str):
         return None
-    # itsdangerous also accepts other spellings of a valid token: it drops
+    # itsdangerous (2.2) also accepts other spellings of a valid token: it drops
     # non-ASCII characters and "=" padding, and ignores the unused low bits
     # of the last base64 character. Only the token as issued is accepted,
     # so that one participant has one token and cache entry.
