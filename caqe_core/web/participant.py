@@ -529,6 +529,10 @@ def submit_trial(token: str, reservation_id: str) -> Any:
             "idempotency_key",
         )
 
+    if "\x00" in reservation_id:
+        # No trial id contains NUL, and PostgreSQL rejects it in a query.
+        return json_error(404, f"Unknown trial {reservation_id!r}.", "trial")
+
     connection = write_connection()
     # The participant, the trial named in the URL and an earlier submission
     # with this key, in one round trip.

@@ -612,6 +612,22 @@ def test_unknown_participant_page(served_scale: ServedStudy) -> None:
 # --- Database round trips of the hot pages -------------------------------------
 
 
+def test_nul_trial_id_on_database(
+    served_on_database: ServedStudy, server_errors: list
+) -> None:
+    listener = arrive(served_on_database.url)
+    trial = listener.trial()
+    base = trial["submit"].rstrip("/").rsplit("/", 1)[0]
+
+    answer = listener.submit(
+        trial, good_body(trial), url=f"{listener.base}{base}/%C3%A9%00"
+    )
+
+    assert answer.status_code == 404, answer.text
+    assert answer.json()["field"] == "trial"
+    assert count_trials(served_on_database) == 0
+
+
 @pytest.fixture
 def served_on_database(
     tmp_path: Path, database_url: str, registry: Registry
