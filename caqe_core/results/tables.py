@@ -700,6 +700,9 @@ def _export_batch(
     try:
         frames = study.registry.hook.ratings_frame(study=study, trials=trials)
     except Exception as error:
+        # export_rows names the broken trial, where the hook can only name
+        # the batch, so its error is raised when it fails too.
+        _rows_of_trials(test_type, trials)
         first = trials[0]
         raise ExportError(
             f"The ratings_frame hook failed on {len(trials)} trials of the "
@@ -713,7 +716,13 @@ def _export_batch(
         )
     if frames:
         return _checked_ratings_frame(frames[0], len(trials), test_type)
+    return _rows_of_trials(test_type, trials)
 
+
+def _rows_of_trials(
+    test_type: Any, trials: list[StoredTrial]
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Call ``export_rows`` on each trial, and raise ExportError naming any it fails on."""
     rows: list[dict[str, Any]] = []
     owners: list[int] = []
     for index, trial in enumerate(trials):

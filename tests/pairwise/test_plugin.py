@@ -39,7 +39,7 @@ from caqe_core.cli import build_cli, resolve_config_path
 from caqe_core.config import load_config
 from caqe_core.models import Reservation, Trial
 from caqe_core.plugins import Registry, set_registry
-from caqe_core.results.tables import StoredTrial, load_tables
+from caqe_core.results.tables import ExportError, StoredTrial, load_tables
 from caqe_core.study import check_study
 from tests.support.server import ServedStudy, build_study
 from tests.support.studies import scale_study
@@ -1067,6 +1067,37 @@ def test_stored_number_choice_exports_as_export_rows(
 
     pd.testing.assert_frame_equal(ratings, expected)
     assert ratings["choice"].iloc[0] == "1"
+
+
+def test_broken_stored_page_error_names_trial(served_pairwise: ServedStudy) -> None:
+    """A broken page in a batch gives export_rows' error, which names that trial."""
+    for number in range(2):
+        http, page_url = arrive(served_pairwise.url)
+        settings = settings_of(http.get(page_url).text)
+        plan = plan_of(served_pairwise, settings)
+        choices = ["a"] * len(plan["pairs"])
+        response = response_for(plan["pairs"], choices)
+        events = listening_events(plan["pairs"], choices)
+        key = f"page-{number}"
+        stored = post_page(served_pairwise, http, settings, response, events, key)
+        assert stored.status_code == 200, stored.text
+    with served_pairwise.session_factory() as session:
+        second = select(Trial).where(Trial.idempotency_key == "page-1-0123456789")
+        broken = session.scalars(second).one()
+        edited = copy.deepcopy(broken.response)
+        del edited["judgements"][0]["choice"]
+        broken.response = edited
+        reservation = session.get(Reservation, broken.reservation_id)
+        assert reservation is not None
+        broken_id = reservation.public_id
+        session.commit()
+
+    with served_pairwise.session_factory() as session:
+        with pytest.raises(ExportError) as raised:
+            load_tables(session, served_pairwise.study)
+
+    assert "export_rows failed on trial " + broken_id in str(raised.value)
+    assert "KeyError" in str(raised.value)
 
 
 def test_caqe_run_serves_demo(tmp_path: Path) -> None:
