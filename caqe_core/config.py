@@ -471,9 +471,14 @@ def parse_yaml(path: Path, text: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
     silently keep the last value and the study would differ from what the
     researcher reads first.
     """
+    # libyaml accepts a tab as the space between tokens (after "key:", inside
+    # [...], before a comment), where PyYAML's parser rejects it. A text with
+    # a tab is read by PyYAML, so that one config is valid with or without
+    # libyaml.
+    fast_loader = _PythonLoader if "\t" in text else _FAST_LOADER
     try:
         try:
-            data, positions, duplicates = _load_yaml(text, _FAST_LOADER)
+            data, positions, duplicates = _load_yaml(text, fast_loader)
         except (yaml.YAMLError, UnicodeEncodeError):
             # libyaml words its errors differently; PyYAML's own parser gives
             # the messages (and the marks) that the error below describes. It

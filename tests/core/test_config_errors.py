@@ -345,6 +345,18 @@ CASES = [
         line_text="\ttitle",
     ),
     Case(
+        "tab after a colon",
+        edit("  title: Scale test\n", "  title:\tScale test\n"),
+        ["invalid YAML", "'\\t'"],
+        line_text="title:\t",
+    ),
+    Case(
+        "tab in a flow list",
+        edit("  steps: [consent, trials]\n", "  steps: [consent,\ttrials]\n"),
+        ["invalid YAML", "'\\t'"],
+        line_text="steps: [consent,\t",
+    ),
+    Case(
         "date out of range",
         edit("  title: Scale test\n", "  title: 2024-13-45  #<\n"),
         [
