@@ -719,11 +719,19 @@ def load_config(path: str | Path, registry: Registry) -> StudyConfig:
     """Load and validate a study config; raise ConfigError with every problem."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError([f"{path}: config file not found. Check the path."]) from None
-    except (OSError, UnicodeDecodeError) as error:
+    except OSError as error:
         raise ConfigError([f"{path}: cannot read the config file: {error}."]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        bad = raw[error.start : error.end]
+        message = f"invalid UTF-8 byte {bad!r}. Save the config file as UTF-8."
+        problem = format_problem(path.resolve(), line, None, message)
+        raise ConfigError([problem]) from None
     return parse_config(path.resolve(), text, registry)
 
 

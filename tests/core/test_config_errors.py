@@ -702,3 +702,19 @@ def test_deep_nesting_is_config_error(
     assert "Traceback" not in output
     assert str(path.resolve()) in output
     assert "nested too deeply" in output
+
+
+def test_non_utf8_config_names_line(
+    tmp_path: Path, run_validate: Callable[..., tuple[int, str]]
+) -> None:
+    path = write_study(tmp_path, BASE)
+    latin1 = BASE.replace("  title: Scale test\n", "  title: Caf\xe9 test\n")
+    path.write_bytes(latin1.encode("latin-1"))
+
+    code, output = run_validate(str(path))
+
+    assert code == 1, output
+    assert "Traceback" not in output
+    assert f"{path.resolve()}:3: " in output
+    assert "invalid UTF-8" in output
+    assert "\\xe9" in output
