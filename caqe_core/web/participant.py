@@ -171,6 +171,9 @@ _SELECT_RESPONSE_ROW = (
         and_(
             Trial.participant_id == Participant.id,
             Trial.idempotency_key == bindparam("idempotency_key"),
+            # Only a replay for the same trial returns the stored
+            # acknowledgement; a key reused for another trial is a conflict.
+            Trial.reservation_id == Reservation.id,
         ),
     )
     .where(_PARTICIPANT_OF_TOKEN)
@@ -643,12 +646,19 @@ def submit_trial(token: str, reservation_id: str) -> Any:
         # A concurrent replay of the same submission won the race, so return its acknowledgement.
         connection.rollback()
         existing = connection.execute(
-            select(Trial.acknowledgement).where(
+            select(Trial.reservation_id, Trial.acknowledgement).where(
                 Trial.participant_id == participant.id, Trial.idempotency_key == key
             )
         ).first()
-        if existing is not None:
+        if existing is not None and existing.reservation_id == reservation.id:
             return existing.acknowledgement
+        if existing is not None:
+            return json_error(
+                409,
+                "This idempotency_key was already used for another trial. Send "
+                "a new key with each response.",
+                "idempotency_key",
+            )
         return json_error(409, "This trial was already answered.", "trial")
     logger.info(
         "Stored trial %s of participant %s (condition %s)",

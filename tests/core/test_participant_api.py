@@ -143,6 +143,24 @@ def test_replay_stores_one_row(served_scale: ServedStudy, server_errors: list) -
     assert count_trials(served_scale) == 1
 
 
+def test_key_reused_for_another_trial_conflicts(
+    served_scale: ServedStudy, server_errors: list
+) -> None:
+    listener = arrive(served_scale.url)
+    first_trial = listener.trial()
+    first = listener.submit(first_trial, good_body(first_trial))
+    assert first.status_code == 200, first.text
+    second_trial = listener.trial()
+    assert second_trial["submit"] != first_trial["submit"]
+
+    reused = listener.submit(second_trial, good_body(second_trial))
+
+    assert reused.status_code == 409, reused.text
+    assert reused.json()["field"] == "idempotency_key"
+    assert count_trials(served_scale) == 1
+    assert listener.trial()["submit"] == second_trial["submit"]
+
+
 def test_concurrent_replays_store_one_row(
     served_scale: ServedStudy, server_errors: list
 ) -> None:
