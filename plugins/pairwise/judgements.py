@@ -73,7 +73,8 @@ def judgement_frame(trials: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     # ``where`` on the string arrays took ten times as long.
     names_a = np.array(columns.stimulus_a, dtype=object)
     names_b = np.array(columns.stimulus_b, dtype=object)
-    system = np.where(chose_a, names_a, np.where(chose_b, names_b, None))
+    no_system = np.array(None, dtype=object)
+    system = np.where(chose_a, names_a, np.where(chose_b, names_b, no_system))
     played_a = list(map(_PLAYED_A, columns.played))
     played_b = list(map(_PLAYED_B, columns.played))
 

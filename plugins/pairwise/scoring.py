@@ -732,7 +732,7 @@ def _triad_counts(frame: pd.DataFrame) -> pd.DataFrame:
     bounds = np.searchsorted(group_codes[order], [*starts, n_groups])
     triads = np.zeros(n_groups)
     circular = np.zeros(n_groups)
-    for index, offset in enumerate(starts):
+    for index, offset in enumerate(starts.tolist()):
         rows = order[bounds[index] : bounds[index + 1]]
         count = min(block, n_groups - offset)
         triads[offset : offset + count], circular[offset : offset + count] = (
