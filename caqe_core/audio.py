@@ -192,4 +192,9 @@ class AudioTokens:
         if len(plain) != 16:
             return None
         participant_id, stimulus_id = struct.unpack("<QQ", plain)
+        # Base64 decoding ignores "=" padding and the unused low bits of the
+        # last character, so other spellings decrypt too. Only the token as
+        # issued is accepted, so that each audio file has one URL.
+        if self.encode(participant_id, stimulus_id) != token:
+            return None
         return participant_id, stimulus_id

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import string
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -202,12 +203,34 @@ def test_url_stable_per_participant(served_secret: ServedStudy) -> None:
     assert not first_urls & other_urls, "two participants share an audio URL"
 
 
+def _other_spelling_of_last_character(token: str) -> str:
+    """Return ``token`` with the unused low bit of its last character flipped.
+
+    32 sealed bytes take 43 base64 characters, so the last character carries
+    two bits that decoding ignores.
+    """
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+    last = alphabet[alphabet.index(token[-1]) ^ 1]
+    return token[:-1] + last
+
+
 @pytest.mark.parametrize(
-    "change", ["flip", "truncate", "extend", "garbage", "empty-ish"]
+    "change",
+    [
+        "flip",
+        "truncate",
+        "extend",
+        "garbage",
+        "empty-ish",
+        "inserted-dot",
+        "padding",
+        "low-bit",
+    ],
 )
 def test_tampered_token(served_secret: ServedStudy, change: str) -> None:
     http, _, trial = start_trial(served_secret.url)
     token = trial["signals"][0]["url"].removeprefix("/a/")
+    assert http.get(f"{served_secret.url}/a/{token}").status_code == 200
     flipped = token[:10] + ("A" if token[10] != "A" else "B") + token[11:]
     tampered = {
         "flip": flipped,
@@ -215,6 +238,10 @@ def test_tampered_token(served_secret: ServedStudy, change: str) -> None:
         "extend": token + "AAAA",
         "garbage": "!!!not-base64!!!" * 3,
         "empty-ish": "A" * 20,
+        # Other spellings of the same bytes: only the token as issued serves.
+        "inserted-dot": token[:10] + "." + token[10:],
+        "padding": token + "=",
+        "low-bit": _other_spelling_of_last_character(token),
     }[change]
 
     answer = http.get(f"{served_secret.url}/a/{tampered}")
