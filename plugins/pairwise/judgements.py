@@ -63,14 +63,11 @@ def judgement_frame(trials: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 
     n_rows = len(columns.pair)
     trial_of_row = np.repeat(np.arange(len(trials)), columns.counts)
-    conditions = [trial["condition"] for trial in trials]
-    items = _strings([condition.item for condition in conditions])
-    scales = _strings([condition.scale for condition in conditions])
     choice = _strings(columns.choice)
     chose_a = (choice == "a").to_numpy(dtype=bool, na_value=False)
     chose_b = (choice == "b").to_numpy(dtype=bool, na_value=False)
-    # The chosen system is picked from arrays of the Python strings: a
-    # ``where`` on the string arrays took ten times as long.
+    # The chosen system is picked from arrays of the Python strings, because
+    # a ``where`` on the string arrays took ten times as long.
     names_a = np.array(columns.stimulus_a, dtype=object)
     names_b = np.array(columns.stimulus_b, dtype=object)
     no_system = np.array(None, dtype=object)
@@ -78,23 +75,56 @@ def judgement_frame(trials: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     played_a = list(map(_PLAYED_A, columns.played))
     played_b = list(map(_PLAYED_B, columns.played))
 
-    return pd.DataFrame(
+    return _frame(
+        trials,
+        trial_of_row,
         {
-            "item": items.take(trial_of_row),
-            "scale": scales.take(trial_of_row),
             "order_shown": np.asarray(columns.pair, dtype=np.int64) + 1,
             "stimulus_a": _strings(names_a),
             "stimulus_b": _strings(names_b),
             "choice": choice,
             "system": _strings(system),
-            # A copy, so that setting a value of one column leaves the other.
-            "value": choice.copy(),
             "repeat": np.fromiter(map(bool, columns.repeat), dtype=bool, count=n_rows),
             "decision_time_ms": _floats(columns.decision_time_ms),
             "played_a_seconds": _floats(played_a),
             "played_b_seconds": _floats(played_b),
             "signal_a": _strings(columns.signal_a),
             "signal_b": _strings(columns.signal_b),
+        },
+    )
+
+
+def _frame(
+    trials: Sequence[Mapping[str, Any]],
+    trial_of_row: np.ndarray,
+    columns: dict[str, Any],
+) -> pd.DataFrame:
+    """Add the item, scale and value columns to the judgement columns.
+
+    ``columns`` has one value per judgement for each column of
+    ``plugin.EXPORT_COLUMNS`` except ``value``, and ``trial_of_row`` gives
+    each judgement's position in ``trials``, which becomes the index.
+    """
+    conditions = [trial["condition"] for trial in trials]
+    items = _strings([condition.item for condition in conditions])
+    scales = _strings([condition.scale for condition in conditions])
+    return pd.DataFrame(
+        {
+            "item": items.take(trial_of_row),
+            "scale": scales.take(trial_of_row),
+            "order_shown": columns["order_shown"],
+            "stimulus_a": columns["stimulus_a"],
+            "stimulus_b": columns["stimulus_b"],
+            "choice": columns["choice"],
+            "system": columns["system"],
+            # A copy, so that setting a value of one column leaves the other.
+            "value": columns["choice"].copy(),
+            "repeat": columns["repeat"],
+            "decision_time_ms": columns["decision_time_ms"],
+            "played_a_seconds": columns["played_a_seconds"],
+            "played_b_seconds": columns["played_b_seconds"],
+            "signal_a": columns["signal_a"],
+            "signal_b": columns["signal_b"],
         },
         index=pd.Index(trial_of_row),
         copy=False,
@@ -225,31 +255,7 @@ def _parsed_frame(trials: Sequence[Mapping[str, Any]]) -> pd.DataFrame | None:
         return None
 
     trial_of_row = columns.pop("trial_of_row")
-    conditions = [trial["condition"] for trial in trials]
-    items = _strings([condition.item for condition in conditions])
-    scales = _strings([condition.scale for condition in conditions])
-    choice = columns["choice"]
-    return pd.DataFrame(
-        {
-            "item": items.take(trial_of_row),
-            "scale": scales.take(trial_of_row),
-            "order_shown": columns["order_shown"],
-            "stimulus_a": columns["stimulus_a"],
-            "stimulus_b": columns["stimulus_b"],
-            "choice": choice,
-            "system": columns["system"],
-            # A copy, so that setting a value of one column leaves the other.
-            "value": choice.copy(),
-            "repeat": columns["repeat"],
-            "decision_time_ms": columns["decision_time_ms"],
-            "played_a_seconds": columns["played_a_seconds"],
-            "played_b_seconds": columns["played_b_seconds"],
-            "signal_a": columns["signal_a"],
-            "signal_b": columns["signal_b"],
-        },
-        index=pd.Index(trial_of_row),
-        copy=False,
-    )
+    return _frame(trials, trial_of_row, columns)
 
 
 def _read_documents(texts: list[Any], schema: Any) -> Any | None:
@@ -268,7 +274,8 @@ def _read_documents(texts: list[Any], schema: Any) -> Any | None:
     # pyarrow also ends a line at a carriage return.
     if joined.count("\n") != len(texts) - 1 or "\r" in joined:
         return None
-    # orjson rejects a text that starts with a byte order mark, pyarrow skips it.
+    # orjson rejects a text that starts with a byte order mark, but pyarrow
+    # skips it. A mark anywhere in the batch sends it to the decoding path.
     if "\ufeff" in joined:
         return None
     try:
@@ -391,16 +398,16 @@ def _parsed_columns(plans: Any, responses: Any) -> dict[str, Any] | None:
     signal_trial = np.repeat(
         np.arange(n_trials), signals.value_lengths().fill_null(0).to_numpy()
     )
-    shown = _signal_rows(
+    signal_positions = _signal_rows(
         signal_trial,
         signal_list.field("id"),
         [(trial_of_row, signal_a), (trial_of_row, signal_b)],
     )
-    if shown is None:
+    if signal_positions is None:
         return None
     stimuli = signal_list.field("stimulus")
-    stimulus_a = stimuli.take(pyarrow.array(shown[0]))
-    stimulus_b = stimuli.take(pyarrow.array(shown[1]))
+    stimulus_a = stimuli.take(pyarrow.array(signal_positions[0]))
+    stimulus_b = stimuli.take(pyarrow.array(signal_positions[1]))
     choice = fields["choice"]
     system = pc.if_else(
         pc.equal(choice, "a"),
@@ -447,7 +454,7 @@ def _signal_rows(
     """Find each looked-up signal among the signals of its own page.
 
     ``signal_trial`` and ``signal_ids`` give each listed signal's page and
-    id; each lookup gives the pages and ids to find. Returns, per lookup,
+    id, and each lookup gives the pages and ids to find. Returns, per lookup,
     the position of each id in ``signal_ids``, or None when an id is not
     listed on its page or a page lists an id twice.
     """
@@ -466,12 +473,12 @@ def _signal_rows(
     found = []
     start = len(signal_ids)
     for pages, ids in lookups:
-        wanted = pages * n_names + codes[start : start + len(ids)]
+        lookup_keys = pages * n_names + codes[start : start + len(ids)]
         start += len(ids)
-        slots = np.searchsorted(sorted_keys, wanted)
+        slots = np.searchsorted(sorted_keys, lookup_keys)
         if (slots >= len(sorted_keys)).any():
             return None
-        if (sorted_keys[slots] != wanted).any():
+        if (sorted_keys[slots] != lookup_keys).any():
             return None
         found.append(order[slots])
     return found

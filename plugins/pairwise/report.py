@@ -124,8 +124,8 @@ def _normalise(judgements: pd.DataFrame) -> pd.DataFrame:
     """Return the judgements with their text columns as categoricals.
 
     The scoring functions number the participants, systems and choices
-    again and again; on categoricals that reuses the codes, where text
-    columns of 10^6 judgements took about 0.5 s in all. Both stimulus
+    again and again. On categoricals pandas reuses the codes, which saved
+    about 0.5 s on 10^6 judgements against text columns. Both stimulus
     columns share one list of categories, so that they can be compared.
     """
     table = judgements.loc[:, list(scoring.JUDGEMENT_COLUMNS)].copy()

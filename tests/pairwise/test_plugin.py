@@ -729,7 +729,7 @@ def test_judgement_frame_equals_export_rows(
     if source == "texts":
         # Only the stored texts: a fallback to the decoded documents would
         # fail with KeyError, so the rows below come from pyarrow's parse.
-        given = [
+        read_trials = [
             {
                 "condition": trial["condition"],
                 "plan_json": json.dumps(trial["plan"]),
@@ -738,7 +738,7 @@ def test_judgement_frame_equals_export_rows(
             for trial in trials
         ]
     else:
-        given = trials
+        read_trials = trials
     expected_rows = []
     expected_index = []
     for position, trial in enumerate(trials):
@@ -746,7 +746,7 @@ def test_judgement_frame_equals_export_rows(
             expected_rows.append(row)
             expected_index.append(position)
 
-    frame = judgement_frame(given)
+    frame = judgement_frame(read_trials)
 
     assert list(frame.index) == expected_index
     assert list(frame.columns) == list(expected_rows[0])
