@@ -480,8 +480,8 @@ def parse_yaml(path: Path, text: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
         try:
             data, positions, duplicates = _load_yaml(text, fast_loader)
         except (yaml.YAMLError, UnicodeEncodeError):
-            # libyaml words its errors differently; PyYAML's own parser gives
-            # the messages (and the marks) that the error below describes. It
+            # libyaml words its errors differently, so PyYAML's own parser
+            # gives the messages and marks that the error below describes. It
             # also reports a lone surrogate, which libyaml cannot take as UTF-8.
             data, positions, duplicates = _load_yaml(text, _PythonLoader)
         if duplicates:
@@ -541,8 +541,10 @@ class _LibyamlLoader(
     _CheckedValues,
     getattr(yaml, "CSafeLoader", yaml.SafeLoader),  # type: ignore[misc]
 ):
-    """libyaml's safe loader where PyYAML was built with it: it parsed a 7 KB
-    study config about ten times as fast as the pure-Python one."""
+    """libyaml's safe loader where PyYAML was built with it.
+
+    It parsed a 7 KB study config about ten times as fast as the pure-Python
+    one."""
 
 
 _FAST_LOADER: Any = _LibyamlLoader
@@ -551,11 +553,11 @@ _FAST_LOADER: Any = _LibyamlLoader
 def _load_yaml(
     text: str, loader_class: Any
 ) -> tuple[Any, dict[tuple[Any, ...], int], list[tuple[tuple[Any, ...], int, int]]]:
-    """Parse ``text`` once; return the data, the lines and the duplicate keys.
+    """Parse ``text`` once into the data, the lines and the duplicate keys.
 
-    The lines are read from the node tree before the data is built, because
-    building the data rewrites each mapping that has a merge key (``<<``) in
-    place: the merged keys would then look like duplicates of the keys that
+    The lines are read from the node tree before the data is built. Building
+    the data rewrites each mapping that has a merge key (``<<``) in place, so
+    afterwards the merged keys would look like duplicates of the keys that
     override them.
     """
     positions: dict[tuple[Any, ...], int] = {}

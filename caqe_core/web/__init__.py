@@ -82,8 +82,8 @@ def read_connection() -> Connection:
     connection = g.get("caqe_read_connection")
     if connection is None:
         # Autocommit is set on the connection, not through
-        # engine.execution_options(): an engine with options carries an
-        # event listener, which sends every statement of its connections
+        # engine.execution_options(), because an engine with options carries
+        # an event listener that sends every statement of its connections
         # through SQLAlchemy's slower event dispatch.
         connection = state().engine.connect()
         connection.execution_options(isolation_level="AUTOCOMMIT")
@@ -233,8 +233,8 @@ class _CookieSessionInterface(SecureCookieSessionInterface):
     """Flask's cookie session, without building its signer for requests without the cookie.
 
     Flask builds the signer on every request, before it looks for the
-    cookie. Participant requests carry no session cookie, so they now
-    skip that work and get the same empty session.
+    cookie. Participant requests carry no session cookie, so they skip
+    that work and get the same empty session.
     """
 
     def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:

@@ -7,13 +7,14 @@ import json
 import logging
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from flask import Blueprint, abort, g, redirect, request, url_for
 from sqlalchemy import Connection, and_, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from caqe_core.assignment import (
     HeldReservation,
@@ -33,6 +34,7 @@ from caqe_core.models import (
     Trial,
     utcnow,
 )
+from caqe_core.study import Study
 from caqe_core.web import (
     MAX_REQUEST_BYTES,
     ParticipantKey,
@@ -126,6 +128,12 @@ _RESERVATION_COLUMNS = (
 )
 
 
+def _reservations_of(rows: Iterable[Any]) -> list[_ReservationRow]:
+    """Return the reservations of ``rows``, skipping rows of an outer join without one."""
+    reservations = (_reservation_of(row) for row in rows)
+    return [held for held in reservations if held is not None]
+
+
 def _reservation_of(row: Any) -> _ReservationRow | None:
     if row.reservation_id is None:
         return None
@@ -172,7 +180,7 @@ _SELECT_RESPONSE_ROW = (
             Trial.participant_id == Participant.id,
             Trial.idempotency_key == bindparam("idempotency_key"),
             # Only a replay for the same trial returns the stored
-            # acknowledgement; a key reused for another trial is a conflict.
+            # acknowledgement. A key reused for another trial is a conflict.
             Trial.reservation_id == Reservation.id,
         ),
     )
@@ -232,8 +240,7 @@ def _participant_and_reservations(
     participant = _ParticipantRow(
         id=first.id, public_id=first.public_id, step=first.step
     )
-    reservations = [_reservation_of(row) for row in rows]
-    return participant, [held for held in reservations if held is not None]
+    return participant, _reservations_of(rows)
 
 
 @bp.get("/p/<token>/")
@@ -312,11 +319,7 @@ def submit_step(token: str, step_name: str) -> Any:
         logger.info("Participant %s screened out at step %s", participant.id, step_name)
     else:
         advance(session, study, participant)
-    finished = participant.step == DONE
-    session.commit()
-    if finished:
-        notify_finished(state().session_factory, study, participant.id)
-    return redirect(participant_url(participant), code=303)
+    return _commit_and_continue(session, study, participant)
 
 
 def _step_page(token: str, participant: Participant) -> StepPage:
@@ -410,8 +413,7 @@ def _render_trial(
         rows = read_connection().execute(
             _SELECT_RESERVATIONS, {"participant_id": participant.id}
         )
-        reservations_read = [_reservation_of(row) for row in rows]
-        own = [held for held in reservations_read if held is not None]
+        own = _reservations_of(rows)
     reservations = reservations_in_hand(study, own)
     if reservations is None:
         # Hand both connections back to the pool while assignment uses one of
@@ -454,11 +456,22 @@ def _finish_trials(participant: ParticipantKey) -> Any:
         logger.info("Participant %s found no work left in %s", stored.id, study.name)
     else:
         advance(session, study, stored)
-    finished = stored.step == DONE
+    return _commit_and_continue(session, study, stored)
+
+
+def _commit_and_continue(
+    session: Session, study: Study, participant: Participant
+) -> Any:
+    """Commit the participant's new step and redirect to it.
+
+    A participant who reached the end is announced to the plugins after the
+    commit.
+    """
+    finished = participant.step == DONE
     session.commit()
     if finished:
-        notify_finished(state().session_factory, study, stored.id)
-    return redirect(participant_url(stored), code=303)
+        notify_finished(state().session_factory, study, participant.id)
+    return redirect(participant_url(participant), code=303)
 
 
 def _render_training(token: str, participant: Participant) -> Any:
