@@ -20,7 +20,10 @@ Each server is measured with the same clients:
 
 For each run the script also reads the CPU time that the server's
 processes, PostgreSQL's processes and the client process used, per request,
-from /proc, so the figures show where the two CPUs went.
+from /proc, so the figures show where the CPUs went. It also reads the
+busy time of the whole machine from /proc/stat: in a closed-loop run that
+saturates the CPUs, the throughput ratio is close to the inverse ratio of
+these whole-machine figures.
 
     python bench/bench_participant_api.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
 
@@ -105,10 +108,13 @@ def bare_app() -> Any:
 class CaqeFactory:
     """Builds the CAQE app inside each gunicorn worker's parent process."""
 
-    def __init__(self, config_path: Path, database_url: str, data_dir: Path) -> None:
+    def __init__(
+        self, config_path: Path, database_url: str, data_dir: Path, threads: int
+    ) -> None:
         self.config_path = config_path
         self.database_url = database_url
         self.data_dir = data_dir
+        self.threads = threads
 
     def __call__(self) -> Any:
         from caqe_core.config import load_config
@@ -120,7 +126,8 @@ class CaqeFactory:
 
         registry = build_registry([("scale", scale_plugin)])
         config = load_config(self.config_path, registry)
-        engine = make_engine(self.database_url)
+        # Sized as `caqe run` sizes it: one pooled connection per thread.
+        engine = make_engine(self.database_url, pool_size=self.threads)
         factory = make_session_factory(engine)
         study = prepare_study(config, registry, factory, self.data_dir)
         engine.dispose()
@@ -198,6 +205,18 @@ def cpu_seconds(server_pid: int, database: str) -> dict[str, dict[int, float]]:
     }
 
 
+def machine_busy_seconds() -> float:
+    """Return the CPU seconds that all of the machine's CPUs spent busy so far, from /proc/stat.
+
+    Busy is every state but idle and iowait. Unlike the per-process figures,
+    it also covers processes that ended and the kernel's work for all of them.
+    """
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS
+
+
 def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
     """Return the CPU seconds used between two readings by the processes alive at the second.
 
@@ -236,10 +255,12 @@ def load_loop(
     time.sleep(warmup)
     marks = [len(values) for values in latencies]
     cpu_before = cpu_seconds(server_pid, database)
+    busy_before = machine_busy_seconds()
     started = time.perf_counter()
     time.sleep(seconds)
     counts = [len(values) for values in latencies]
     elapsed = time.perf_counter() - started
+    busy_after = machine_busy_seconds()
     cpu_after = cpu_seconds(server_pid, database)
     stop.set()
     for thread in threads:
@@ -259,6 +280,8 @@ def load_loop(
             part: cpu_used(cpu_before[part], cpu_after[part]) / max(count, 1) * 1000
             for part in cpu_after
         },
+        "machine_cpu_ms": (busy_after - busy_before) / max(count, 1) * 1000,
+        "machine_busy": (busy_after - busy_before) / elapsed / (os.cpu_count() or 1),
     }
 
 
@@ -462,7 +485,7 @@ def main() -> None:
     upgrade(engine)
     engine.dispose()
     CaqeFactory(
-        config_path, database_url, folder / "data"
+        config_path, database_url, folder / "data", args.threads
     )()  # prepare once, before forking
 
     context = multiprocessing.get_context("fork")
@@ -475,7 +498,7 @@ def main() -> None:
             ("bare Flask", bare_app, bare_client),
             (
                 "CAQE participant API",
-                CaqeFactory(config_path, database_url, folder / "data"),
+                CaqeFactory(config_path, database_url, folder / "data", args.threads),
                 caqe_client,
             ),
         ):
@@ -539,7 +562,8 @@ def main() -> None:
                 f"{name}, think time {think:g} s: {figures['rps']:.0f} req/s, "
                 f"p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms "
                 f"({figures['requests']} requests); CPU ms per request: "
-                f"server {cpu['server']:.2f}, PostgreSQL {cpu['postgres']:.2f}, client {cpu['client']:.2f}"
+                f"server {cpu['server']:.2f}, PostgreSQL {cpu['postgres']:.2f}, client {cpu['client']:.2f}, "
+                f"whole machine {figures['machine_cpu_ms']:.2f} ({figures['machine_busy']:.0%} busy)"
             )
     for think in (0.0, args.think):
         pairs = zip(

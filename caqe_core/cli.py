@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from caqe_core import __version__
 from caqe_core.config import ConfigError, StudyConfig, load_config
 from caqe_core.db import (
+    DEFAULT_POOL_SIZE,
     data_dir,
     describe_database,
     has_tables,
@@ -74,11 +75,11 @@ class Context:
 
 
 def open_database(
-    database_url: str | None,
+    database_url: str | None, pool_size: int = DEFAULT_POOL_SIZE
 ) -> tuple[str, Engine, sessionmaker[Session]]:
     url = resolve_database_url(database_url)
     try:
-        engine = make_engine(url)
+        engine = make_engine(url, pool_size)
     except (ArgumentError, NoSuchModuleError, ValueError, ImportError) as error:
         raise click.ClickException(
             f"Invalid database URL {describe_database(url)!r}: {error}"
@@ -187,8 +188,10 @@ def experiment_name(name: str | None, registry: Registry) -> str | None:
     return from_config
 
 
-def make_context(database_url: str | None) -> Context:
-    url, engine, factory = open_database(database_url)
+def make_context(
+    database_url: str | None, pool_size: int = DEFAULT_POOL_SIZE
+) -> Context:
+    url, engine, factory = open_database(database_url, pool_size)
     return Context(
         registry=load_registry(),
         database_url=url,
@@ -375,7 +378,9 @@ def run_command(
     threads: int,
 ) -> None:
     """Prepare the study and serve it with gunicorn."""
-    context = make_context(database_url)
+    # Each worker's threads share its pool, so the pool keeps one connection
+    # per thread.
+    context = make_context(database_url, pool_size=threads)
     path = resolve_config_path(plugin, config_path, context.registry)
     if plugin is not None and config_path is not None:
         config = load_study_config(path, context.registry)

@@ -50,12 +50,22 @@ def describe_database(url: str) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
-def make_engine(url: str) -> Engine:
+DEFAULT_POOL_SIZE = 5
+"""PostgreSQL connections an engine keeps open when its caller does not size the pool."""
+
+
+def make_engine(url: str, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
     """Create the engine for ``url``.
 
     Stored JSON (plans, responses, events) is parsed with orjson, which is
     several times faster than the standard library. Every page load parses
     some. Writing still uses ``json.dumps``.
+
+    On PostgreSQL the pool keeps ``pool_size`` connections open and opens up
+    to as many again under a burst. A server passes its threads per worker:
+    a connection handed back to a full pool is closed, so a pool smaller
+    than the threads using it opens and closes connections all the time,
+    and each new connection starts a PostgreSQL backend process.
     """
     url = resolve_database_url(url)
     parsed = make_url(url)
@@ -68,7 +78,10 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     engine = create_engine(
-        url, pool_size=5, max_overflow=10, json_deserializer=orjson.loads
+        url,
+        pool_size=pool_size,
+        max_overflow=max(pool_size, 10),
+        json_deserializer=orjson.loads,
     )
     event.listen(engine, "connect", _note_checkin)
     event.listen(engine, "checkin", _note_checkin)
