@@ -745,7 +745,25 @@ def _json_object_body() -> Any:
             413, f"The request body is larger than {MAX_REQUEST_BYTES} bytes.", "body"
         )
     try:
-        body = json.loads(data, parse_constant=_reject_constant)
+        # Only UTF-8 without a byte order mark is accepted, which is what the
+        # trial page's fetch() sends. json.loads() would also read UTF-16 and
+        # UTF-32 from bytes, so the body is decoded here, strictly.
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return json_error(
+            400,
+            f"The request body is not valid UTF-8 (byte {error.start}): "
+            "send JSON encoded as UTF-8.",
+            "body",
+        )
+    if text.startswith("\ufeff"):
+        return json_error(
+            400,
+            "The request body starts with a byte order mark: send UTF-8 JSON without one.",
+            "body",
+        )
+    try:
+        body = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as error:
         message = (
             "nested too deeply" if isinstance(error, RecursionError) else str(error)

@@ -131,6 +131,51 @@ def test_lone_surrogate_event_string(served_scale: ServedStudy) -> None:
     assert stored_trials(served_scale) == 0
 
 
+@pytest.mark.parametrize(
+    ("encoding", "prefix"),
+    [
+        ("utf-16", b""),
+        ("utf-16-le", b""),
+        ("utf-32", b""),
+        ("utf-8", b"\xef\xbb\xbf"),
+        ("latin-1", b""),
+    ],
+)
+def test_body_not_plain_utf8(
+    served_scale: ServedStudy, encoding: str, prefix: bytes
+) -> None:
+    """A body in UTF-16, UTF-32, Latin-1 or with a byte order mark gets a 400."""
+    listener = start_listener(served_scale.url)
+    agree(listener)
+    trial = scale_trial(listener)
+    body = scale_body(trial, "encoded-body-key")
+    body["events"][0]["note"] = "caf\u00e9"
+    data = prefix + json.dumps(body, ensure_ascii=False).encode(encoding)
+
+    answer = listener.http.post(
+        listener.base + trial["submit"],
+        data=data,
+        headers={"X-CAQE-CSRF": trial["csrf"], "Content-Type": "application/json"},
+    )
+
+    assert answer.status_code == 400, answer.text[:200]
+    assert answer.json()["field"] == "body"
+    assert stored_trials(served_scale) == 0
+
+
+def test_body_utf8_accepted(served_scale: ServedStudy) -> None:
+    listener = start_listener(served_scale.url)
+    agree(listener)
+    trial = scale_trial(listener)
+    body = scale_body(trial, "utf8-body-key-1")
+    body["events"][0]["note"] = "caf\u00e9 \u97f3"
+
+    answer = post_json_text(listener, trial, json.dumps(body, ensure_ascii=False))
+
+    assert answer.status_code == 200, answer.text[:200]
+    assert stored_trials(served_scale) == 1
+
+
 @pytest.mark.postgres
 def test_nul_idempotency_key_postgres(
     tmp_path: Path, postgres_url: str, registry: Registry
