@@ -11,6 +11,7 @@ import secrets
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from caqe_core.models import Experiment, Participant, Reservation, utcnow
@@ -36,6 +37,87 @@ def start_participant(
     external_data: dict[str, Any] | None = None,
 ) -> Participant:
     """Create a participant at the first step and fire ``participant_started``."""
+    participant = _insert_participant(
+        session_factory, study, recruiter, external_id, external_data, None
+    )
+    return _announce_start(session_factory, study, participant)
+
+
+def get_or_start_participant(
+    session_factory: sessionmaker[Session],
+    study: Study,
+    recruiter: str,
+    idempotency_key: str,
+    external_id: str | None = None,
+    external_data: dict[str, Any] | None = None,
+) -> tuple[Participant, bool]:
+    """Return the participant started with ``idempotency_key``, starting it if new.
+
+    The second value is True when this call created the participant. The
+    key is unique per experiment and recruiter in the database, so of two
+    concurrent calls with one key, in one process or several, one inserts
+    the participant and the other returns it. Only the call that created
+    the participant fires ``participant_started``, and the other call may
+    return before those hooks have committed their changes.
+    """
+    existing = _participant_by_key(session_factory, study, recruiter, idempotency_key)
+    if existing is not None:
+        return existing, False
+    try:
+        participant = _insert_participant(
+            session_factory,
+            study,
+            recruiter,
+            external_id,
+            external_data,
+            idempotency_key,
+        )
+    except IntegrityError:
+        # Another request inserted the key after the check above. The insert
+        # fails only once that request has committed (PostgreSQL waits on the
+        # index entry, SQLite on its write lock), so its participant is visible.
+        existing = _participant_by_key(
+            session_factory, study, recruiter, idempotency_key
+        )
+        if existing is None:
+            raise
+        logger.info(
+            "Participant %s was already started with this idempotency key "
+            "(recruiter %s)",
+            existing.id,
+            recruiter,
+        )
+        return existing, False
+    return _announce_start(session_factory, study, participant), True
+
+
+def _participant_by_key(
+    session_factory: sessionmaker[Session],
+    study: Study,
+    recruiter: str,
+    idempotency_key: str,
+) -> Participant | None:
+    with session_factory() as session:
+        participant = session.scalar(
+            select(Participant).where(
+                Participant.experiment_id == study.experiment_id,
+                Participant.recruiter == recruiter,
+                Participant.idempotency_key == idempotency_key,
+            )
+        )
+        if participant is not None:
+            session.expunge(participant)
+        return participant
+
+
+def _insert_participant(
+    session_factory: sessionmaker[Session],
+    study: Study,
+    recruiter: str,
+    external_id: str | None,
+    external_data: dict[str, Any] | None,
+    idempotency_key: str | None,
+) -> Participant:
     with session_factory() as session, session.begin():
         session.execute(
             update(Experiment)
@@ -53,6 +135,7 @@ def start_participant(
             sequence=(sequence or 1) - 1,
             recruiter=recruiter,
             external_id=external_id,
+            idempotency_key=idempotency_key,
             external_data=external_data or {},
             status="active",
             step=step_order(study)[0],
@@ -66,6 +149,13 @@ def start_participant(
         study.name,
         recruiter,
     )
+    return participant
+
+
+def _announce_start(
+    session_factory: sessionmaker[Session], study: Study, participant: Participant
+) -> Participant:
+    """Fire ``participant_started`` and return the participant as the hooks left it."""
     with session_factory() as session:
         with session.begin():
             stored = session.get(Participant, participant.id)

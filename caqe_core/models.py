@@ -121,6 +121,13 @@ class Participant(Base):
     __tablename__ = "participants"
     __table_args__ = (
         Index("ix_participants_external", "experiment_id", "external_id"),
+        Index(
+            "ix_participants_idempotency_key",
+            "experiment_id",
+            "recruiter",
+            "idempotency_key",
+            unique=True,
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -133,6 +140,11 @@ class Participant(Base):
     recruiter: Mapped[str] = mapped_column(String(64))
     external_id: Mapped[str | None] = mapped_column(String(200))
     """The recruiter's id of the person, such as an MTurk worker id or a lab code."""
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    """The recruiter's key of the request that started the participant, such as
+    an MTurk assignment id or the nonce of a lab start page. Unique per
+    experiment and recruiter, so a repeated or concurrent start with the same
+    key finds this participant."""
     external_data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status: Mapped[str] = mapped_column(String(32), default="active")
     """active, completed, screened_out or no_work."""
