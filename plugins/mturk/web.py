@@ -16,7 +16,6 @@ import io
 import logging
 import os
 import re
-import threading
 from typing import Any
 
 import numpy as np
@@ -38,7 +37,7 @@ from sqlalchemy.orm import Session
 
 from caqe_core import CompletionPage, Recruiter
 from caqe_core.config import StudyConfig
-from caqe_core.flow import start_participant
+from caqe_core.flow import get_or_start_participant
 from caqe_core.markdown import render_markdown
 from caqe_core.models import (
     Participant,
@@ -74,13 +73,6 @@ AUDIO_CHECK_RATE = 44100
 AUDIO_CHECK_FADE_SECONDS = 0.02
 
 bp = Blueprint("mturk", __name__, url_prefix="/mturk", template_folder="templates")
-
-# Serialises the check "has this assignment a participant?" with the creation
-# of one, so a double load of the entry page starts one participant.
-# NOTE: the lock works within one process. With several gunicorn workers, two
-# first loads of one assignment at the same instant can still start two
-# participants, because the database has no unique key on the assignment.
-_entry_lock = threading.Lock()
 
 
 def _section(config: StudyConfig) -> MTurkConfig:
@@ -151,46 +143,50 @@ def entry() -> Any:
             400,
         )
 
-    with _entry_lock:
-        existing = _participant_for_assignment(
-            session, study.experiment_id, assignment_id
+    # The assignment id is the participant's idempotency key, which the
+    # database keeps unique, so concurrent first loads of the entry page (a
+    # reload, two gunicorn workers) start one participant.
+    participant = _participant_for_assignment(
+        session, study.experiment_id, assignment_id
+    )
+    created = False
+    if participant is None:
+        reason = took_part(session, study.experiment_id, worker_id, section)
+        if reason is not None:
+            return _took_part_page(reason, section)
+        participant, created = get_or_start_participant(
+            state().session_factory,
+            study,
+            NAME,
+            idempotency_key=assignment_id,
+            external_id=worker_id,
+            external_data={
+                "assignmentId": assignment_id,
+                "hitId": hit_id,
+                "turkSubmitTo": normalize_origin(turk_submit_to),
+            },
         )
-        if existing is not None and existing.external_id != worker_id:
-            logger.warning(
-                "Assignment %s arrived with worker %s, but participant %s is worker %s",
-                assignment_id,
-                worker_id,
-                existing.id,
-                existing.external_id,
-            )
-            abort(409, "This assignment belongs to another worker.")
-        if existing is None:
-            reason = took_part(session, study.experiment_id, worker_id, section)
-            if reason is not None:
-                return _took_part_page(reason, section)
-            participant = start_participant(
-                state().session_factory,
-                study,
-                NAME,
-                external_id=worker_id,
-                external_data={
-                    "assignmentId": assignment_id,
-                    "hitId": hit_id,
-                    "turkSubmitTo": normalize_origin(turk_submit_to),
-                },
-            )
-            public_id = participant.public_id
-            logger.info(
-                "Worker %s started assignment %s of HIT %s as participant %s",
-                worker_id,
-                assignment_id,
-                hit_id,
-                participant.id,
-            )
-        else:
-            public_id = existing.public_id
-            logger.info("Worker %s resumed assignment %s", worker_id, assignment_id)
-    return redirect(url_for("participant.page", token=participant_token(public_id)))
+    if participant.external_id != worker_id:
+        logger.warning(
+            "Assignment %s arrived with worker %s, but participant %s is worker %s",
+            assignment_id,
+            worker_id,
+            participant.id,
+            participant.external_id,
+        )
+        abort(409, "This assignment belongs to another worker.")
+    if created:
+        logger.info(
+            "Worker %s started assignment %s of HIT %s as participant %s",
+            worker_id,
+            assignment_id,
+            hit_id,
+            participant.id,
+        )
+    else:
+        logger.info("Worker %s resumed assignment %s", worker_id, assignment_id)
+    token = participant_token(participant.public_id)
+    return redirect(url_for("participant.page", token=token))
 
 
 def _invalid_arguments(
@@ -230,19 +226,13 @@ def _is_study_hit(session: Session, experiment_id: int, hit_id: str) -> bool:
 def _participant_for_assignment(
     session: Session, experiment_id: int, assignment_id: str
 ) -> Participant | None:
-    # external_data is JSON, which SQLite and PostgreSQL query differently,
-    # so the match on assignmentId happens here among the MTurk participants.
-    candidates = session.scalars(
-        select(Participant)
-        .where(
-            Participant.experiment_id == experiment_id, Participant.recruiter == NAME
+    return session.scalar(
+        select(Participant).where(
+            Participant.experiment_id == experiment_id,
+            Participant.recruiter == NAME,
+            Participant.idempotency_key == assignment_id,
         )
-        .order_by(Participant.id)
-    ).all()
-    for participant in candidates:
-        if (participant.external_data or {}).get("assignmentId") == assignment_id:
-            return participant
-    return None
+    )
 
 
 def took_part(

@@ -29,6 +29,7 @@ from caqe_core.hookspecs import hookimpl
 from caqe_core.models import Participant, RecruitmentJob, ScreeningResult
 from caqe_core.plugins import Registry, build_registry
 from tests.support import scale_plugin
+from tests.support.processes import serve_in_processes
 from tests.support.server import ServedStudy, build_study
 from tests.support.studies import scale_study
 
@@ -351,6 +352,83 @@ def test_concurrent_entries_start_one_participant(site: Site) -> None:
 
     assert len(set(locations)) == 1
     assert len(site.participants()) == 1
+
+
+ENTRY_PROCESSES = 3
+ENTRY_ROUNDS = 6
+ENTRIES_PER_PROCESS = 2
+
+
+def test_entries_in_processes_start_one_participant(
+    tmp_path: Path, database_url: str, registry: Registry
+) -> None:
+    """Server processes that share only the database start one participant per assignment.
+
+    Each round sends the first entries of a new assignment to every process
+    at once, so each process may find no participant before another stores one.
+    """
+    config = scale_study(
+        tmp_path / "study",
+        items=3,
+        stimuli=2,
+        recruiter="mturk",
+        mturk={"allowed_submit_origins": [SUBMIT_ORIGIN]},
+    )
+    served = build_study(config, database_url, registry, tmp_path / "data")
+    with served.session_factory() as session, session.begin():
+        session.add(
+            RecruitmentJob(
+                experiment_id=served.study.experiment_id,
+                recruiter="mturk",
+                request_token=f"token-{HIT}",
+                external_id=HIT,
+                status="created",
+                data={"kind": "hit"},
+            )
+        )
+    assignments = [f"ASSIGNMENT{round_}" for round_ in range(ENTRY_ROUNDS)]
+    locations: dict[str, list[str]] = {assignment: [] for assignment in assignments}
+
+    with serve_in_processes(
+        config, database_url, tmp_path / "data", ENTRY_PROCESSES
+    ) as urls:
+        for assignment in assignments:
+            query = urlencode(
+                {
+                    "assignmentId": assignment,
+                    "hitId": HIT,
+                    "workerId": f"AWORKER{assignment}",
+                    "turkSubmitTo": SUBMIT_ORIGIN,
+                }
+            )
+            targets = urls * ENTRIES_PER_PROCESS
+            barrier = threading.Barrier(len(targets))
+
+            def enter(url: str, assignment: str = assignment, query: str = query):
+                barrier.wait(timeout=30)
+                response = requests.get(
+                    f"{url}/mturk/?{query}", allow_redirects=False, timeout=60
+                )
+                locations[assignment].append(
+                    response.headers.get("Location", str(response.status_code))
+                )
+
+            threads = [threading.Thread(target=enter, args=(url,)) for url in targets]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=90)
+
+    with served.session_factory() as session:
+        started = session.scalars(select(Participant).order_by(Participant.id)).all()
+    served.session_factory.kw["bind"].dispose()
+    per_assignment = [row.external_data["assignmentId"] for row in started]
+    for assignment in assignments:
+        assert len(locations[assignment]) == len(urls) * ENTRIES_PER_PROCESS
+        assert len(set(locations[assignment])) == 1, locations[assignment]
+        assert locations[assignment][0].startswith("/p/"), locations[assignment]
+        assert per_assignment.count(assignment) == 1, per_assignment
+    assert [row.sequence for row in started] == list(range(ENTRY_ROUNDS))
 
 
 def test_assignment_of_other_worker_rejected(site: Site) -> None:
