@@ -7,16 +7,19 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 from flask import Blueprint, abort, redirect, render_template, request, url_for
+from itsdangerous import BadData, URLSafeSerializer
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from caqe_core import CompletionPage, Recruiter, hookimpl
@@ -40,6 +43,14 @@ COMPLETION_CODE_LENGTH = 10
 """Characters of a completion code: 50 bits, so a guess matches one of a
 million participants with a probability of about 1e-9."""
 _COMPLETION_CODE_CONTEXT = b"caqe-local-lab-completion-code\x00"
+START_TOKEN_FIELD = "start_token"
+"""Form field of the signed nonce that makes a repeated post of one start page
+return the participant the first post started."""
+START_NONCE_BYTES = 16
+MAX_START_TOKEN_LENGTH = 200
+"""Longer input is rejected without checking its signature."""
+_START_TOKEN_SALT = "caqe-local-lab-start"
+_START_NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 
 class LocalLabConfig(BaseModel):
@@ -133,17 +144,7 @@ def _section() -> LocalLabConfig:
 
 @bp.get("/")
 def start() -> Any:
-    study = current_study()
-    from markupsafe import Markup
-
-    from caqe_core.markdown import render_markdown
-
-    return render_template(
-        "caqe_local_lab/start.html",
-        section=_section(),
-        description=Markup(render_markdown(study.config.core.experiment.description)),
-        error=None,
-    )
+    return _start_page()
 
 
 @bp.post("/")
@@ -154,10 +155,9 @@ def begin() -> Any:
     section = _section()
     code = (request.form.get("code") or "").strip().upper()
     if not section.require_code and not code:
-        participant = start_participant(state().session_factory, study, NAME)
-        return _to_participant(participant.public_id)
+        return _begin_anonymous(request.form.get(START_TOKEN_FIELD))
     if not code:
-        return _start_error("Enter the code you were given.")
+        return _start_page("Enter the code you were given.", 422)
 
     session = db_session()
     job = None
@@ -170,8 +170,9 @@ def begin() -> Any:
             )
         )
     if job is None:
-        return _start_error(
-            f"The code {code[:MAX_CODE_LENGTH]} is not valid. Check it and try again."
+        return _start_page(
+            f"The code {code[:MAX_CODE_LENGTH]} is not valid. Check it and try again.",
+            422,
         )
 
     # The same code continues the same session, so a closed tab is not lost.
@@ -191,12 +192,66 @@ def begin() -> Any:
         public_id = _wait_for_participant(session, code, job.id)
     if public_id is None:
         logger.warning("Code %s is claimed but no participant appeared", code)
-        return _start_error(
+        return _start_page(
             "A session with this code is starting right now. Reload the page in a "
             "moment.",
             409,
         )
     return _to_participant(public_id)
+
+
+def _begin_anonymous(start_token: str | None) -> Any:
+    """Start an anonymous participant, once per start token.
+
+    A double-click on Start or a re-sent form posts the same token again and
+    gets the participant that the first post started.
+    """
+    from caqe_core.flow import get_or_start_participant, start_participant
+
+    factory = state().session_factory
+    if start_token is None:
+        # NOTE: a start page rendered before start tokens existed, or a client
+        # that posts without loading the page, starts a new participant on
+        # every post, so a double-click there still starts two.
+        participant = start_participant(factory, current_study(), NAME)
+        return _to_participant(participant.public_id)
+
+    nonce = start_nonce(start_token, state().secret_key)
+    if nonce is None:
+        logger.warning("Rejected a lab start with an invalid start token")
+        return _start_page(
+            "This start page is not valid any more, so no session started. "
+            "Press Start again.",
+            400,
+        )
+    participant, created = get_or_start_participant(
+        factory, current_study(), NAME, idempotency_key=nonce
+    )
+    if not created:
+        logger.info(
+            "A repeated post of one start page went to participant %s",
+            participant.id,
+        )
+    return _to_participant(participant.public_id)
+
+
+def issue_start_token(secret_key: bytes) -> str:
+    """Return a signed one-time nonce for a start form."""
+    nonce = secrets.token_urlsafe(START_NONCE_BYTES)
+    return URLSafeSerializer(secret_key, salt=_START_TOKEN_SALT).dumps(nonce)
+
+
+def start_nonce(start_token: str, secret_key: bytes) -> str | None:
+    """Return the nonce of a start token that this server signed, or None."""
+    if len(start_token) > MAX_START_TOKEN_LENGTH:
+        return None
+    try:
+        nonce = URLSafeSerializer(secret_key, salt=_START_TOKEN_SALT).loads(start_token)
+    except BadData:
+        return None
+    if not isinstance(nonce, str) or not _START_NONCE.fullmatch(nonce):
+        return None
+    return nonce
 
 
 def _to_participant(public_id: str) -> Any:
@@ -238,7 +293,7 @@ def _claim_code(session: Session, job_id: int, stale_before: Any = None) -> bool
         .values(status="claimed", updated_at=utcnow())
     )
     session.commit()
-    return result.rowcount == 1
+    return cast(CursorResult[Any], result).rowcount == 1
 
 
 def _wait_for_participant(session: Session, code: str, job_id: int) -> str | None:
@@ -261,7 +316,13 @@ def _wait_for_participant(session: Session, code: str, job_id: int) -> str | Non
     return participant.public_id
 
 
-def _start_error(message: str, status: int = 422) -> Any:
+def _start_page(error: str | None = None, status: int = 200) -> Any:
+    """Render the start page with a new start token.
+
+    ``Cache-Control: no-store`` asks the browser to load the page again on
+    Back or a reload instead of showing a stored copy, so that a kiosk's next
+    participant gets a new token instead of posting the previous one's.
+    """
     from markupsafe import Markup
 
     from caqe_core.markdown import render_markdown
@@ -272,9 +333,11 @@ def _start_error(message: str, status: int = 422) -> Any:
         description=Markup(
             render_markdown(current_study().config.core.experiment.description)
         ),
-        error=message,
+        error=error,
+        start_token=issue_start_token(state().secret_key),
+        start_token_field=START_TOKEN_FIELD,
     )
-    return html, status
+    return html, status, {"Cache-Control": "no-store"}
 
 
 @hookimpl

@@ -19,6 +19,7 @@ from caqe_local_lab import (
     generate_codes,
 )
 from click.testing import CliRunner
+from itsdangerous import URLSafeSerializer
 from sqlalchemy import func, select
 
 from caqe_core.cli import build_cli
@@ -33,6 +34,7 @@ from tests.adversarial.helpers import (
     scale_trial,
     start_listener,
 )
+from tests.support.processes import serve_in_processes
 from tests.support.server import SECRET, ServedStudy, build_study
 from tests.support.studies import scale_study
 
@@ -137,6 +139,204 @@ def test_anonymous_starts_are_separate(serve_lab: Callable[..., ServedStudy]) ->
 
     assert len(locations) == 3
     assert [row.sequence for row in participants(served)] == [0, 1, 2]
+
+
+@pytest.fixture
+def lab_on_database(
+    tmp_path: Path, database_url: str, registry: Registry
+) -> Iterator[ServedStudy]:
+    """A lab study on SQLite and on PostgreSQL, served over HTTP."""
+    config = scale_study(tmp_path / "study")
+    served = build_study(config, database_url, registry, tmp_path / "data")
+    served.start()
+    set_registry(registry)
+    try:
+        yield served
+    finally:
+        served.stop()
+        set_registry(None)
+        served.session_factory.kw["bind"].dispose()
+
+
+def start_token(page_html: str) -> str:
+    match = re.search(r'name="start_token" value="([^"]+)"', page_html)
+    assert match, "the start page carries a start token"
+    return match.group(1)
+
+
+def test_start_page_is_not_stored(serve_lab: Callable[..., ServedStudy]) -> None:
+    served = serve_lab()
+
+    first = requests.get(f"{served.url}/lab/")
+    second = requests.get(f"{served.url}/lab/")
+
+    assert first.headers["Cache-Control"] == "no-store"
+    assert start_token(first.text) != start_token(second.text)
+
+
+def test_repeated_start_post_resumes(lab_on_database: ServedStudy) -> None:
+    served = lab_on_database
+    form = {"start_token": start_token(requests.get(f"{served.url}/lab/").text)}
+
+    first = requests.post(f"{served.url}/lab/", data=form, allow_redirects=False)
+    again = requests.post(f"{served.url}/lab/", data=form, allow_redirects=False)
+
+    assert first.status_code == 302
+    assert again.status_code == 302
+    assert again.headers["Location"] == first.headers["Location"]
+    assert len(participants(served)) == 1
+
+
+def test_each_start_page_starts_one(lab_on_database: ServedStudy) -> None:
+    served = lab_on_database
+    locations = set()
+
+    for _ in range(3):
+        token = start_token(requests.get(f"{served.url}/lab/").text)
+        answer = requests.post(
+            f"{served.url}/lab/", data={"start_token": token}, allow_redirects=False
+        )
+        locations.add(answer.headers["Location"])
+
+    assert len(locations) == 3
+    assert [row.sequence for row in participants(served)] == [0, 1, 2]
+
+
+START_PROCESSES = 3
+START_ROUNDS = 4
+STARTS_PER_PROCESS = 2
+
+
+def test_start_posts_in_processes_start_one(
+    lab_on_database: ServedStudy, tmp_path: Path
+) -> None:
+    """Server processes that share only the database start one participant per page.
+
+    Each round posts one start page's form to every process at once, as a
+    double-click behind a load balancer with several gunicorn workers would.
+    """
+    served = lab_on_database
+    database_url = served.session_factory.kw["bind"].url.render_as_string(
+        hide_password=False
+    )
+    rounds: list[list[str]] = []
+
+    with serve_in_processes(
+        tmp_path / "study" / "study.yaml",
+        database_url,
+        tmp_path / "data",
+        START_PROCESSES,
+    ) as urls:
+        for _ in range(START_ROUNDS):
+            token = start_token(requests.get(f"{urls[0]}/lab/").text)
+            targets = urls * STARTS_PER_PROCESS
+            barrier = threading.Barrier(len(targets))
+            locations: list[str] = []
+
+            def post(url: str, token: str = token) -> None:
+                barrier.wait(timeout=30)
+                answer = requests.post(
+                    f"{url}/lab/",
+                    data={"start_token": token},
+                    allow_redirects=False,
+                    timeout=60,
+                )
+                locations.append(
+                    answer.headers.get("Location", str(answer.status_code))
+                )
+
+            threads = [threading.Thread(target=post, args=(url,)) for url in targets]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=90)
+            rounds.append(locations)
+
+    for locations in rounds:
+        assert len(locations) == START_PROCESSES * STARTS_PER_PROCESS
+        assert len(set(locations)) == 1, locations
+        assert locations[0].startswith("/p/"), locations
+    assert len({locations[0] for locations in rounds}) == START_ROUNDS
+    assert [row.sequence for row in participants(served)] == list(range(START_ROUNDS))
+
+
+def signed_start_token(payload: object, secret: bytes = SECRET) -> str:
+    return URLSafeSerializer(secret, salt="caqe-local-lab-start").dumps(payload)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "",
+        "not-a-token",
+        "x" * 10_000,
+        signed_start_token("A" * 22, b"another-secret-key-of-32-bytes-or-more"),
+        signed_start_token("A" * 22)[:-2] + "xx",
+        signed_start_token(12345),
+        signed_start_token("short"),
+        signed_start_token("A" * 21 + "\x00"),
+    ],
+    ids=[
+        "empty",
+        "unsigned",
+        "over-long",
+        "other key",
+        "bad signature",
+        "not text",
+        "short nonce",
+        "NUL in nonce",
+    ],
+)
+def test_invalid_start_token_rejected(
+    serve_lab: Callable[..., ServedStudy], token: str
+) -> None:
+    served = serve_lab()
+
+    answer = requests.post(
+        f"{served.url}/lab/", data={"start_token": token}, allow_redirects=False
+    )
+
+    assert answer.status_code == 400
+    assert "Press Start again" in answer.text
+    assert start_token(answer.text) != token
+    assert participants(served) == []
+
+
+def test_start_without_token_still_starts(
+    serve_lab: Callable[..., ServedStudy],
+) -> None:
+    served = serve_lab()
+
+    answer = requests.post(f"{served.url}/lab/", allow_redirects=False)
+
+    assert answer.status_code == 302
+    assert answer.headers["Location"].startswith("/p/")
+    assert len(participants(served)) == 1
+
+
+def test_code_start_ignores_start_token(serve_lab: Callable[..., ServedStudy]) -> None:
+    served = serve_lab(require_code=True)
+    first_code, second_code = issue_codes(served, 2)
+    token = start_token(requests.get(f"{served.url}/lab/").text)
+
+    first = requests.post(
+        f"{served.url}/lab/",
+        data={"code": first_code, "start_token": token},
+        allow_redirects=False,
+    )
+    second = requests.post(
+        f"{served.url}/lab/",
+        data={"code": second_code, "start_token": token},
+        allow_redirects=False,
+    )
+
+    assert first.status_code == 302
+    assert second.status_code == 302
+    assert first.headers["Location"] != second.headers["Location"]
+    assert [row.external_id for row in participants(served)] == [
+        first_code,
+        second_code,
+    ]
 
 
 def test_completion_code_is_keyed() -> None:
@@ -432,7 +632,7 @@ CHROMIUM_ARGS = [
 def test_kiosk_browser_returns_to_start(
     serve_lab: Callable[..., ServedStudy], tmp_path: Path, playwright_instance: Any
 ) -> None:
-    """In Chromium, the end page of a kiosk session goes back to the start page by itself."""
+    """In Chromium, a kiosk session ends on the start page, whose Start begins the next."""
     if not CHROMIUM.exists():
         message = f"the browser test needs Debian's Chromium at {CHROMIUM}"
         if os.environ.get("CI", "").lower() == "true":
@@ -455,7 +655,9 @@ def test_kiosk_browser_returns_to_start(
         page.wait_for_url(f"{served.url}/lab/", timeout=15_000)
         page.wait_for_selector("#start")
         page.screenshot(path=str(tmp_path / "kiosk-start.png"))
+        page.click("#start")
+        page.wait_for_selector("#agree")
     finally:
         browser.close()
 
-    assert [row.status for row in participants(served)] == ["screened_out"]
+    assert [row.status for row in participants(served)] == ["screened_out", "active"]
