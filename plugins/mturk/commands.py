@@ -579,7 +579,9 @@ def _mark_failed(mturk: MTurkStudy, token: str, message: str) -> None:
 
 def _report_hits(mturk: MTurkStudy, summary: PostSummary) -> None:
     click.echo(f"Created {len(summary.created)} HIT(s) on {mturk.target.describe()}.")
-    groups = {hit.get("HITGroupId") for hit in summary.created if hit.get("HITGroupId")}
+    groups: set[str] = {
+        hit["HITGroupId"] for hit in summary.created if hit.get("HITGroupId")
+    }
     if groups and not mturk.target.custom_endpoint:
         for group in sorted(groups):
             click.echo(
@@ -698,6 +700,7 @@ def grant_exclusions(mturk: MTurkStudy, client: Any, dry_run: bool) -> list[str]
         counts = Counter(
             participant.external_id
             for participant in _completed_participants(session, mturk)
+            if participant.external_id is not None
         )
     due = sorted(
         worker
@@ -885,7 +888,7 @@ def study_assignments(mturk: MTurkStudy, client: Any) -> list[StudyAssignment]:
             (row.external_id, Decimal(row.data.get("reward", mturk.section.reward)))
             for row in mturk.hit_rows(session, [CREATED])
         ]
-    found = []
+    found: list[StudyAssignment] = []
     for hit_id, reward in hits:
         try:
             assignments = list_assignments(client, hit_id)
@@ -1136,11 +1139,14 @@ def plan_first_trial_bonuses(
     ``participants`` are completed sessions in the order they finished, and
     ``statuses`` maps assignment IDs to MTurk's status. Workers whose bonus is
     in the ledger already keep their planned purpose, so the ledger decides.
+    A participant without a worker ID or an assignment ID gets no bonus.
     """
     planned: dict[str, ledger.PlannedPayment] = {}
     for participant in participants:
         worker = participant.external_id
-        assignment_id = participant.external_data["assignmentId"]
+        assignment_id = participant.external_data.get("assignmentId")
+        if worker is None or assignment_id is None:
+            continue
         purpose = f"first_hit_bonus:{worker}"
         if worker in planned:
             continue

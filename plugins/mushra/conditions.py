@@ -13,6 +13,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -111,7 +112,7 @@ def build_conditions(context: PrepareContext) -> list[ConditionSpec]:
                     ),
                 ]
                 key = f"{item.name}/{scale.name}"
-                data = {
+                data: dict[str, Any] = {
                     "scale": scale.name,
                     "question": scale.question,
                     "description": scale.description,

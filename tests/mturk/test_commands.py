@@ -963,3 +963,22 @@ def test_ledger_rows_name_purpose_and_token(harness: Harness) -> None:
     ]
     assert tokens == 2
     assert {row.participant_id for row in rows} == {participant}
+
+
+def test_first_bonus_skips_missing_ids() -> None:
+    from caqe_mturk.commands import plan_first_trial_bonuses
+
+    rows = [
+        Participant(id=1, external_id=None, external_data={"assignmentId": "ASG1"}),
+        Participant(id=2, external_id="AWORKERTWO", external_data={}),
+        Participant(
+            id=3, external_id="AWORKERTHREE", external_data={"assignmentId": "ASG3"}
+        ),
+    ]
+    statuses = {"ASG1": "Submitted", "ASG3": "Submitted"}
+
+    planned = plan_first_trial_bonuses(rows, statuses, Decimal("0.50"), "thanks", set())
+
+    assert [payment.worker_id for payment in planned] == ["AWORKERTHREE"]
+    assert [payment.assignment_id for payment in planned] == ["ASG3"]
+    assert [payment.participant_id for payment in planned] == [3]
