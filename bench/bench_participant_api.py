@@ -21,9 +21,14 @@ Each server is measured with the same clients:
 For each run the script also reads the CPU time that the server's
 processes, PostgreSQL's processes and the client process used, per request,
 from /proc, so the figures show where the CPUs went. It also reads the
-busy time of the whole machine from /proc/stat: in a closed-loop run that
-saturates the CPUs, the throughput ratio is close to the inverse ratio of
-these whole-machine figures.
+busy time of the whole machine from /proc/stat, which is the cost that
+limits a run once it keeps the CPUs busy.
+
+With a PostgreSQL URL, a third server, the database floor, runs the
+closed-loop runs too: a Flask app that does only the database work of a
+trial page and a response, with raw psycopg (see ``floor_app``). Its
+ratio to the bare endpoint estimates the most that any participant API
+built on Flask and PostgreSQL can reach in this set-up.
 
     python bench/bench_participant_api.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
 
@@ -103,6 +108,177 @@ def bare_app() -> Any:
         return {"stored": True, "key": body.get("idempotency_key")}
 
     return app
+
+
+FLOOR_TABLES = """
+CREATE TABLE floor_trials (
+    id serial PRIMARY KEY,
+    reservation_id integer NOT NULL REFERENCES reservations (id),
+    participant_id integer NOT NULL REFERENCES participants (id),
+    condition_id integer NOT NULL REFERENCES conditions (id),
+    idempotency_key varchar(100) NOT NULL,
+    response json NOT NULL,
+    acknowledgement json NOT NULL,
+    time_on_page_ms double precision,
+    created_at timestamptz NOT NULL,
+    UNIQUE (participant_id, idempotency_key)
+);
+CREATE TABLE floor_events (
+    id serial PRIMARY KEY,
+    trial_id integer NOT NULL REFERENCES floor_trials (id),
+    participant_id integer NOT NULL REFERENCES participants (id),
+    sequence integer NOT NULL,
+    type varchar(32) NOT NULL,
+    time_ms double precision NOT NULL,
+    data json NOT NULL
+);
+CREATE INDEX ON floor_events (trial_id);
+"""
+
+# The page read and the first-served mark in one statement.
+FLOOR_PAGE = """
+WITH page AS (
+    SELECT p.id AS participant_id, p.step, r.id, r.public_id, r.status, r.plan,
+           r.expires_at, r.first_served_at, r.position
+    FROM participants p
+    LEFT JOIN reservations r ON r.participant_id = p.id
+    WHERE p.public_id = %(participant)s AND p.experiment_id = %(experiment)s
+), served AS (
+    UPDATE reservations SET first_served_at = now()
+    WHERE id = (SELECT id FROM page WHERE status = 'active' ORDER BY position LIMIT 1)
+      AND first_served_at IS NULL
+)
+SELECT * FROM page ORDER BY position
+"""
+
+FLOOR_RESPONSE_ROW = """
+SELECT p.id, p.step, r.id AS reservation_id, r.participant_id, r.condition_id,
+       r.status, r.plan, t.acknowledgement AS replayed
+FROM participants p
+LEFT JOIN reservations r ON r.public_id = %(reservation)s
+LEFT JOIN floor_trials t ON t.participant_id = p.id
+     AND t.idempotency_key = %(key)s AND t.reservation_id = r.id
+WHERE p.public_id = %(participant)s AND p.experiment_id = %(experiment)s
+"""
+
+# The trial, its listening event and the reservation update in one statement.
+# The reservation keeps its status, so that the same rows serve every request.
+FLOOR_STORE = """
+WITH trial AS (
+    INSERT INTO floor_trials (reservation_id, participant_id, condition_id,
+        idempotency_key, response, acknowledgement, time_on_page_ms, created_at)
+    VALUES (%(reservation)s, %(participant)s, %(condition)s, %(key)s,
+        %(response)s, %(acknowledgement)s, %(time)s, now())
+    RETURNING id
+), reservation AS (
+    UPDATE reservations SET completed_at = now()
+    WHERE id = %(reservation)s AND status = %(status)s
+), event AS (
+    INSERT INTO floor_events (trial_id, participant_id, sequence, type, time_ms, data)
+    SELECT id, %(participant)s, 0, 'play', 10.0, %(event)s FROM trial
+)
+SELECT id FROM trial
+"""
+
+
+def floor_app(database_url: str) -> Any:
+    """Return a Flask app that does only the database work of a stored trial.
+
+    It is the floor of the participant API. It runs raw psycopg on one
+    connection per thread, and psycopg prepares each statement on the
+    server after its fifth use. The page read and its first-served mark are
+    one statement, and the response's read and its three writes are two.
+    It renders no page, validates nothing and signs nothing. The bare client drives it, and each request picks a random
+    participant that the CAQE server started.
+    """
+    import psycopg
+    from flask import Flask, request
+    from psycopg.types.json import Json
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    connect_url = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    app = Flask("floor")
+    local = threading.local()
+    participants: list[tuple[str, int, list[str]]] = []
+    lock = threading.Lock()
+
+    def connection() -> Any:
+        if getattr(local, "connection", None) is None:
+            local.connection = psycopg.connect(connect_url, autocommit=True)
+        return local.connection
+
+    def pick() -> tuple[str, int, list[str]] | None:
+        with lock:
+            if not participants:
+                rows = connection().execute(
+                    "SELECT p.public_id, p.experiment_id, array_agg(r.public_id) "
+                    "FROM participants p JOIN reservations r ON r.participant_id = p.id "
+                    "GROUP BY p.public_id, p.experiment_id"
+                )
+                participants.extend(rows.fetchall())
+            return random.choice(participants) if participants else None
+
+    @app.get("/trial")
+    def page() -> Any:
+        picked = pick()
+        if picked is None:
+            # The start-up check comes before CAQE has started anyone.
+            return "no participants yet", 503
+        public_id, experiment, _ = picked
+        rows = (
+            connection()
+            .execute(FLOOR_PAGE, {"participant": public_id, "experiment": experiment})
+            .fetchall()
+        )
+        return "<html><body>" + "x" * 2000 + f"{len(rows)}</body></html>"
+
+    @app.post("/trial")
+    def submit() -> Any:
+        body = request.get_json()
+        picked = pick()
+        if picked is None:
+            return "no participants yet", 503
+        public_id, experiment, reservations = picked
+        database = connection()
+        row = database.execute(
+            FLOOR_RESPONSE_ROW,
+            {
+                "participant": public_id,
+                "experiment": experiment,
+                "reservation": random.choice(reservations),
+                "key": body["idempotency_key"],
+            },
+        ).fetchone()
+        acknowledgement = {"stored": True, "key": body["idempotency_key"]}
+        database.execute(
+            FLOOR_STORE,
+            {
+                "reservation": row[2],
+                "participant": row[0],
+                "condition": row[4],
+                "key": body["idempotency_key"],
+                "response": Json(body["response"]),
+                "acknowledgement": Json(acknowledgement),
+                "time": 1000.0,
+                "status": row[5],
+                "event": Json({"signal": "s1"}),
+            },
+        )
+        return acknowledgement
+
+    return app
+
+
+FLOOR = "database floor"
+
+
+class FloorFactory:
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+
+    def __call__(self) -> Any:
+        return floor_app(self.database_url)
 
 
 class CaqeFactory:
@@ -483,6 +659,9 @@ def main() -> None:
     )
     engine = make_engine(database_url)
     upgrade(engine)
+    if args.database_url:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(FLOOR_TABLES)
     engine.dispose()
     CaqeFactory(
         config_path, database_url, folder / "data", args.threads
@@ -494,14 +673,17 @@ def main() -> None:
     # order, so that both see the same background load.
     runs: dict[tuple[str, float], list[dict[str, Any]]] = {}
     try:
-        for name, factory, client in (
+        candidates: list[tuple[str, Callable[[], Any], Callable[..., Client]]] = [
             ("bare Flask", bare_app, bare_client),
             (
                 "CAQE participant API",
                 CaqeFactory(config_path, database_url, folder / "data", args.threads),
                 caqe_client,
             ),
-        ):
+        ]
+        if args.database_url:
+            candidates.append((FLOOR, FloorFactory(database_url), bare_client))
+        for name, factory, client in candidates:
             port = free_port()
             process = context.Process(
                 target=run_gunicorn,
@@ -510,8 +692,13 @@ def main() -> None:
             )
             process.start()
             base = f"http://127.0.0.1:{port}"
-            wait_until_up(base + ("/trial" if name == "bare Flask" else "/lab/"))
+            wait_until_up(
+                base + ("/lab/" if name == "CAQE participant API" else "/trial")
+            )
             servers[name] = (process, base, client)
+        if FLOOR in servers:
+            # The floor server serves the participants that CAQE started.
+            prepare_caqe_clients(servers["CAQE participant API"][1], args.clients)
         schedule = [
             (think, name)
             for think in (0.0, args.think)
@@ -519,10 +706,11 @@ def main() -> None:
             for name in (
                 list(servers) if round_index % 2 == 0 else list(reversed(servers))
             )
+            if think == 0 or name != FLOOR
         ]
         for think, name in schedule:
             process, base, client = servers[name]
-            if name == "bare Flask":
+            if name != "CAQE participant API":
                 sessions = [requests.Session() for _ in range(args.clients)]
                 page_urls: list[str] = []
             else:
@@ -565,13 +753,13 @@ def main() -> None:
                 f"server {cpu['server']:.2f}, PostgreSQL {cpu['postgres']:.2f}, client {cpu['client']:.2f}, "
                 f"whole machine {figures['machine_cpu_ms']:.2f} ({figures['machine_busy']:.0%} busy)"
             )
-    for think in (0.0, args.think):
-        pairs = zip(
-            runs["CAQE participant API", think], runs["bare Flask", think], strict=True
-        )
-        ratios = [caqe["rps"] / bare["rps"] for caqe, bare in pairs]
+    for name, think in runs:
+        if name == "bare Flask":
+            continue
+        pairs = zip(runs[name, think], runs["bare Flask", think], strict=True)
+        ratios = [served["rps"] / bare["rps"] for served, bare in pairs]
         print(
-            f"throughput ratio CAQE / bare Flask, think time {think:g} s: "
+            f"throughput ratio {name} / bare Flask, think time {think:g} s: "
             f"median {statistics.median(ratios):.2f} of "
             f"{', '.join(f'{ratio:.2f}' for ratio in ratios)}"
         )
