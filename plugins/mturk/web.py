@@ -59,8 +59,10 @@ SUBMIT_ORIGINS_ENV = "CAQE_MTURK_SUBMIT_ORIGINS"
 """Comma-separated extra ``turkSubmitTo`` origins, for tests with a local fake."""
 MTURK_SUBMIT_ORIGINS = frozenset({PRODUCTION_SUBMIT_ORIGIN, SANDBOX_SUBMIT_ORIGIN})
 
-_WORKER_ID = re.compile(r"^A[A-Z0-9]{1,63}$")
-_ENTITY_ID = re.compile(r"^[A-Z0-9]{1,64}$")
+# Matched with fullmatch(): with match(), "$" also accepts a trailing newline,
+# so "ID\n" would be a second idempotency key for the assignment "ID".
+_WORKER_ID = re.compile(r"A[A-Z0-9]{1,63}")
+_ENTITY_ID = re.compile(r"[A-Z0-9]{1,64}")
 # Surveys store SurveyResponse rows; every other one-time step stores a
 # passed ScreeningResult.
 _SURVEY_STEPS = {"pre_survey": "pre", "post_survey": "post"}
@@ -121,7 +123,7 @@ def entry() -> Any:
     session = db_session()
 
     if not assignment_id or assignment_id == PREVIEW_ASSIGNMENT_ID:
-        if worker_id and _WORKER_ID.match(worker_id):
+        if worker_id and _WORKER_ID.fullmatch(worker_id):
             reason = took_part(session, study.experiment_id, worker_id, section)
             if reason is not None:
                 return _took_part_page(reason, section)
@@ -196,11 +198,11 @@ def _invalid_arguments(
     turk_submit_to: str,
     section: MTurkConfig,
 ) -> str | None:
-    if not _ENTITY_ID.match(assignment_id):
+    if not _ENTITY_ID.fullmatch(assignment_id):
         return f"assignmentId {assignment_id[:80]!r} is not an MTurk assignment ID."
-    if not _ENTITY_ID.match(hit_id):
+    if not _ENTITY_ID.fullmatch(hit_id):
         return f"hitId {hit_id[:80]!r} is not an MTurk HIT ID."
-    if not _WORKER_ID.match(worker_id):
+    if not _WORKER_ID.fullmatch(worker_id):
         return f"workerId {worker_id[:80]!r} is not an MTurk worker ID."
     if external_submit_url(turk_submit_to, section) is None:
         return (

@@ -440,6 +440,17 @@ def test_assignment_of_other_worker_rejected(site: Site) -> None:
     assert len(site.participants()) == 1
 
 
+def test_assignment_with_newline_starts_nothing(site: Site) -> None:
+    """An id with a trailing newline is not a second key for one assignment."""
+    first = site.start("ASSIGNMENTONE")
+
+    response = site.entry("ASSIGNMENTONE\n")
+
+    assert response.status_code == 400
+    assert len(site.participants()) == 1
+    assert site.start("ASSIGNMENTONE") == first
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
@@ -452,6 +463,9 @@ def test_assignment_of_other_worker_rejected(site: Site) -> None:
         ({"worker": "not-a-worker"}, "workerId"),
         ({"worker": None}, "workerId"),
         ({"assignment": "ASSIGNMENT<script>"}, "assignmentId"),
+        ({"assignment": "ASSIGNMENTONE\n"}, "assignmentId"),
+        ({"worker": "AWORKERONE\n"}, "workerId"),
+        ({"hit": f"{HIT}\n"}, "hitId"),
         ({"hit": ""}, "hitId"),
         ({"hit": "HITOFANOTHERSTUDY"}, "not part of this study"),
     ],
