@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 DONE = "done"
 
+MAX_IDEMPOTENCY_KEY_LENGTH = 200
+"""Characters of a participant's idempotency key: the length of its column."""
+
 
 def step_order(study: Study) -> list[str]:
     return [*study.config.core.flow.steps, DONE]
@@ -59,7 +62,12 @@ def get_or_start_participant(
     the participant and the other returns it. Only the call that created
     the participant fires ``participant_started``, and the other call may
     return before those hooks have committed their changes.
+
+    Raises ValueError for an empty key, which would join unrelated starts,
+    and for a key that the database cannot store: longer than
+    ``MAX_IDEMPOTENCY_KEY_LENGTH``, or containing NUL or a lone surrogate.
     """
+    _check_idempotency_key(idempotency_key)
     existing = _participant_by_key(session_factory, study, recruiter, idempotency_key)
     if existing is not None:
         return existing, False
@@ -89,6 +97,27 @@ def get_or_start_participant(
         )
         return existing, False
     return _announce_start(session_factory, study, participant), True
+
+
+def _check_idempotency_key(idempotency_key: str) -> None:
+    # SQLite stores over-long keys and NUL, but PostgreSQL rejects both with a
+    # DataError, so the limits are checked here for both databases.
+    if not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise ValueError(
+            f"idempotency_key must have 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} "
+            f"characters, not {len(idempotency_key)}."
+        )
+    if "\x00" in idempotency_key:
+        raise ValueError(
+            f"idempotency_key {idempotency_key[:80]!r} contains a NUL character."
+        )
+    try:
+        idempotency_key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"idempotency_key {idempotency_key[:80]!r} contains a lone surrogate, "
+            "which has no UTF-8 encoding."
+        ) from None
 
 
 def _participant_by_key(
