@@ -35,7 +35,7 @@ RATING_MAX = 100.0
 SCALE_LABELS = ("Bad", "Poor", "Fair", "Good", "Excellent")
 """The five intervals of the continuous quality scale, from 0 to 100."""
 
-RESPONSE_KEYS = frozenset({"ratings", "order", "loop", "dropped_events"})
+RESPONSE_KEYS = frozenset({"ratings", "order", "loop", "dropped_events", "restored"})
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "demo" / "demo.yaml"
 
@@ -58,6 +58,9 @@ class MushraTestType(TestType):
         "rating": "Rating on the continuous quality scale, 0 (bad) to 100 (excellent).",
         "signal": "Opaque label of the stimulus on the page (s1, s2, ...).",
         "position": "Column of the stimulus on the page, from 1 (left).",
+        "restored": "True when the page was reloaded and its ratings were restored "
+        "from the browser's draft; the listening events before the reload are "
+        "not stored.",
     }
     """Descriptions of the columns ``export_rows`` adds, for the data dictionary."""
 
@@ -126,7 +129,8 @@ class MushraTestType(TestType):
         The response needs a rating from 0 to 100 for every rated signal of
         the page and nothing else, and ``order``, the signal ids in the order
         the page showed them. ``loop`` (the loop region at submission, or
-        null) and ``dropped_events`` are optional.
+        null), ``dropped_events`` and ``restored`` (true when ratings came
+        from the page's draft after a reload) are optional.
         """
         if not isinstance(response, dict):
             raise ResponseError(
@@ -154,6 +158,11 @@ class MushraTestType(TestType):
             )
         if dropped:
             cleaned["dropped_events"] = dropped
+        restored = response.get("restored", False)
+        if not isinstance(restored, bool):
+            raise ResponseError("response.restored", "must be true or false.")
+        if restored:
+            cleaned["restored"] = True
         return cleaned
 
     def has_training(self, section: Any) -> bool:
@@ -193,8 +202,8 @@ class MushraTestType(TestType):
 
         The rows have ``item``, ``scale`` and the columns that
         ``export_columns`` describes: ``block``, ``system``, ``role``,
-        ``is_hidden_reference``, ``is_anchor``, ``rating``, ``signal`` and
-        ``position``.
+        ``is_hidden_reference``, ``is_anchor``, ``rating``, ``signal``,
+        ``position`` and ``restored``.
         """
         condition: ConditionView = trial["condition"]
         response = trial["response"]
@@ -218,6 +227,7 @@ class MushraTestType(TestType):
                     "rating": float(response["ratings"][signal_id]),
                     "signal": signal_id,
                     "position": position,
+                    "restored": bool(response.get("restored", False)),
                 }
             )
         return rows
@@ -245,7 +255,13 @@ def _static_urls() -> dict[str, Any]:
     urls["engine_css"] = url_for("static", filename="caqe/engine.css")
     urls["modules"] = [urls["mushra.js"]] + [
         url_for("static", filename=f"caqe/{name}")
-        for name in ("audio-engine.js", "wav.js", "timeline.js", "response-queue.js")
+        for name in (
+            "audio-engine.js",
+            "wav.js",
+            "timeline.js",
+            "response-queue.js",
+            "trial-draft.js",
+        )
     ]
     return urls
 

@@ -57,7 +57,9 @@ def judgement_frame(trials: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         return parsed
     columns = _JudgementColumns()
     for trial in trials:
-        columns.add(trial["plan"], trial["response"]["judgements"])
+        response = trial["response"]
+        columns.add(trial["plan"], response["judgements"])
+        columns.restored.append(bool(response.get("restored", False)))
     if not columns.all_text():
         return _frame_of_rows(trials)
 
@@ -90,6 +92,9 @@ def judgement_frame(trials: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             "played_b_seconds": _floats(played_b),
             "signal_a": _strings(columns.signal_a),
             "signal_b": _strings(columns.signal_b),
+            "restored": np.repeat(
+                np.array(columns.restored, dtype=bool), columns.counts
+            ),
         },
     )
 
@@ -125,6 +130,7 @@ def _frame(
             "played_b_seconds": columns["played_b_seconds"],
             "signal_a": columns["signal_a"],
             "signal_b": columns["signal_b"],
+            "restored": columns["restored"],
         },
         index=pd.Index(trial_of_row),
         copy=False,
@@ -162,6 +168,8 @@ class _JudgementColumns:
         self.stimulus_b: list[str] = []
         self.counts: list[int] = []
         """Number of judgements of each page."""
+        self.restored: list[bool] = []
+        """Whether each page was restored from the browser's draft."""
 
     def all_text(self) -> bool:
         """Tell whether every choice, signal id and stimulus name is a string.
@@ -326,7 +334,9 @@ def _response_schema() -> Any:
             ("played_seconds", seconds),
         ]
     )
-    return pyarrow.schema([("judgements", pyarrow.list_(judgement))])
+    return pyarrow.schema(
+        [("judgements", pyarrow.list_(judgement)), ("restored", pyarrow.bool_())]
+    )
 
 
 def _parsed_columns(plans: Any, responses: Any) -> dict[str, Any] | None:
@@ -415,6 +425,9 @@ def _parsed_columns(plans: Any, responses: Any) -> dict[str, Any] | None:
         pc.if_else(pc.equal(choice, "b"), stimulus_b, None),
     )
     repeat = pair_list.field("repeat").take(pyarrow.array(pair_row))
+    # A response without the key, stored before it existed or not restored,
+    # reads as null.
+    restored = responses.column("restored").chunk(0).fill_null(False)
 
     return {
         "trial_of_row": trial_of_row,
@@ -429,6 +442,7 @@ def _parsed_columns(plans: Any, responses: Any) -> dict[str, Any] | None:
         "played_b_seconds": fields["played_b"].to_numpy(),
         "signal_a": _string_array(signal_a),
         "signal_b": _string_array(signal_b),
+        "restored": restored.to_numpy(zero_copy_only=False)[trial_of_row],
     }
 
 

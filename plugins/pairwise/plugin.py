@@ -64,6 +64,9 @@ EXPORT_COLUMNS = {
     "played_b_seconds": "Seconds B was heard on this pair before the answer.",
     "signal_a": "Page label of A (opaque to the listener).",
     "signal_b": "Page label of B (opaque to the listener).",
+    "restored": "True when the page was reloaded and its choices were restored "
+    "from the browser's draft; the listening events before the reload are not "
+    "stored.",
 }
 
 
@@ -212,6 +215,7 @@ def judgement_rows(
                 "played_b_seconds": float(judgement["played_seconds"]["b"]),
                 "signal_a": pair["a"],
                 "signal_b": pair["b"],
+                "restored": bool(response.get("restored", False)),
             }
         )
     return rows

@@ -5,14 +5,16 @@ A response contains one judgement per pair the page showed, in the shape::
     {"judgements": [{"pair": 0, "a": "s2", "b": "s1", "choice": "a",
                      "decision_time_ms": 5210.0,
                      "played_seconds": {"a": 2.4, "b": 1.9}}, ...],
-     "dropped_events": 0}
+     "dropped_events": 0, "restored": true}
 
 ``pair`` is the 0-based index of the pair in the plan, and ``a`` and ``b``
 are the signal ids the page played as A and B, which must match the plan.
 ``played_seconds`` is how long A and B were audible on this pair before the
 final choice, as the browser's audio engine measured it. ``dropped_events``
 (optional) counts listening events the page left out to stay under the
-core's limit.
+core's limit. ``restored`` (optional) is true when choices came from the
+page's draft after a reload; the listening events before the reload are not
+posted.
 
 When choices require listening, the server checks the reported seconds
 against ``min_play_seconds`` and also recomputes a lower bound from the
@@ -35,7 +37,7 @@ from .config import PairwiseConfig
 logger = logging.getLogger(__name__)
 
 CHOICES = ("a", "b", "none")
-RESPONSE_KEYS = frozenset({"judgements", "dropped_events"})
+RESPONSE_KEYS = frozenset({"judgements", "dropped_events", "restored"})
 JUDGEMENT_KEYS = frozenset(
     {"pair", "a", "b", "choice", "decision_time_ms", "played_seconds"}
 )
@@ -112,6 +114,11 @@ def validate_response(
         )
     if dropped:
         stored["dropped_events"] = dropped
+    restored = response.get("restored", False)
+    if not isinstance(restored, bool):
+        raise ResponseError("response.restored", "must be true or false.")
+    if restored:
+        stored["restored"] = True
     return stored
 
 

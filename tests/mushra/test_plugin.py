@@ -619,12 +619,24 @@ def _with(**changes: Any) -> dict[str, Any]:
         (_with(loop={"start": 0, "end": 1, "x": 1}), "response.loop"),
         (_with(extra="junk"), "response.extra"),
         (_with(dropped_events=-3), "response.dropped_events"),
+        (_with(restored="yes"), "response.restored"),
+        (_with(restored=1), "response.restored"),
+        (_with(restored=None), "response.restored"),
     ],
 )
 def test_invalid_response_names_field(response: Any, field: str) -> None:
     with pytest.raises(ResponseError) as raised:
         MushraTestType().validate_response(trial_page(PLAN), response)
     assert raised.value.field == field
+
+
+@pytest.mark.parametrize(("sent", "stored"), [(True, True), (False, None)])
+def test_restored_flag_stored_and_exported(sent: bool, stored: bool | None) -> None:
+    cleaned = MushraTestType().validate_response(trial_page(PLAN), _with(restored=sent))
+    assert cleaned.get("restored") is stored
+    trial = {"condition": condition_view(ROLES), "plan": PLAN, "response": cleaned}
+    rows = MushraTestType().export_rows(trial)
+    assert [row["restored"] for row in rows] == [sent] * len(GOOD["ratings"])
 
 
 def test_export_rows_one_per_rating() -> None:

@@ -537,6 +537,14 @@ def test_valid_response_is_cleaned() -> None:
     }
 
 
+@pytest.mark.parametrize(("sent", "stored"), [(True, True), (False, None)])
+def test_restored_flag_is_stored(sent: bool, stored: bool | None) -> None:
+    response = {**response_for(PLAN["pairs"], CHOICES), "restored": sent}
+    events = listening_events(PLAN["pairs"], CHOICES)
+    cleaned = validate_response(section(), PLAN, response, events)
+    assert cleaned.get("restored") is stored
+
+
 def _judgement_changed(index: int, **changes: Any) -> dict[str, Any]:
     response = response_for(PLAN["pairs"], CHOICES)
     response["judgements"][index].update(changes)
@@ -577,6 +585,11 @@ def _judgement_changed(index: int, **changes: Any) -> dict[str, Any]:
             "response.judgements[0].played_seconds",
         ),
         (_judgement_changed(0, note="x"), "response.judgements[0].note"),
+        (
+            {**response_for(PLAN["pairs"], CHOICES), "restored": "true"},
+            "response.restored",
+        ),
+        ({**response_for(PLAN["pairs"], CHOICES), "restored": 1}, "response.restored"),
         (
             {"judgements": response_for(PLAN["pairs"], CHOICES)["judgements"][:2]},
             "response.judgements",
@@ -716,11 +729,13 @@ def test_judgement_frame_equals_export_rows(
     int_time["judgements"][0]["decision_time_ms"] = 2500
     out_of_order = response_for(PLAN["pairs"], CHOICES)
     out_of_order["judgements"] = out_of_order["judgements"][::-2]
+    restored = {**response_for(PLAN["pairs"], ["b", "b", "a"]), "restored": True}
     responses = [
         (view, response_for(PLAN["pairs"], CHOICES)),
         (no_scale, int_time),
         (view, {"judgements": []}),
         (view, out_of_order),
+        (view, restored),
     ]
     trials = [
         {"condition": condition, "plan": PLAN, "response": response}
@@ -754,6 +769,8 @@ def test_judgement_frame_equals_export_rows(
     assert records == expected_rows
     assert frame["order_shown"].dtype == "int64"
     assert frame["repeat"].dtype == bool
+    assert frame["restored"].dtype == bool
+    assert frame["restored"].tolist() == [False] * 8 + [True] * 3
     assert frame["decision_time_ms"].dtype == "float64"
     assert frame["stimulus_a"].dtype == string_dtype
     assert frame["system"].dtype == string_dtype
