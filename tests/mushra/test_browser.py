@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import select
 
+from caqe_core.cli import build_cli
 from caqe_core.models import ListeningEvent, Participant, Reservation, Trial
 from caqe_core.plugins import Registry, set_registry
 from tests.support.server import ServedStudy, build_study
@@ -377,3 +381,164 @@ def test_page_reports_missing_stimulus(page: Any, served_small: ServedStudy) -> 
     page.wait_for_selector("#mushra[data-state=failed]", timeout=30000)
 
     assert "could not be loaded" in page.inner_text("#mushra-loading-text")
+
+
+@pytest.fixture
+def served_quick(
+    make_study: Callable[..., Path], tmp_path: Path, sqlite_url: str, registry: Registry
+) -> Iterator[ServedStudy]:
+    """A one-page MUSHRA study with three systems and a short listening minimum."""
+    path = make_study(
+        tmp_path / "study",
+        items=1,
+        systems=3,
+        mushra={"min_play_seconds": MIN_PLAY_SECONDS},
+    )
+    set_registry(registry)
+    served = build_study(path, sqlite_url, registry, tmp_path / "data")
+    served.start()
+    try:
+        yield served
+    finally:
+        served.stop()
+        set_registry(None)
+
+
+def draft_key(page: Any) -> str:
+    return page.evaluate(
+        """() => "caqe.draft." + JSON.parse(
+            document.getElementById("mushra-settings").textContent).submitUrl"""
+    )
+
+
+def stored_drafts(page: Any) -> list[str]:
+    return page.evaluate(
+        """() => Object.keys(localStorage).filter((key) => key.startsWith("caqe.draft."))"""
+    )
+
+
+def column_classes(page: Any, signal: str) -> str:
+    return page.get_attribute(f".mushra-column[data-signal={signal}]", "class")
+
+
+def test_reload_restores_ratings(
+    page: Any, served_quick: ServedStudy, sqlite_url: str, tmp_path: Path
+) -> None:
+    open_first_page(page, served_quick.url)
+    page.wait_for_selector(READY, timeout=30000)
+    signals = signal_ids(page)
+    ratings = {}
+    for index, signal in enumerate(signals[:2], start=1):
+        listen(page, index, signal)
+        ratings[signal] = rate_with_keyboard(page, signal, 10 * index)
+    key = draft_key(page)
+    # Entries for a signal id the page does not have, or with a value that is
+    # not a rating, are skipped. The valid entries are still restored.
+    page.evaluate(
+        """([key, last]) => {
+            const draft = JSON.parse(localStorage.getItem(key));
+            draft.state.ratings.s99 = 30;
+            draft.state.ratings[last] = "high";
+            localStorage.setItem(key, JSON.stringify(draft));
+        }""",
+        [key, signals[2]],
+    )
+
+    page.reload()
+    page.wait_for_selector(READY, timeout=30000)
+    for signal, value in ratings.items():
+        assert float(page.input_value(f"#mushra-slider-{signal}")) == value
+        assert page.inner_text(f"#mushra-value-{signal}") == str(round(value))
+        assert "mushra-column--rated" in column_classes(page, signal)
+    for signal in signals[2:]:
+        assert page.input_value(f"#mushra-slider-{signal}") == "0"
+        assert "mushra-column--rated" not in column_classes(page, signal)
+    # The heard state is not restored: every slider stays locked and Submit
+    # disabled until each stimulus is heard again on this load.
+    for signal in signals:
+        assert "mushra-column--heard" not in column_classes(page, signal)
+        assert page.is_disabled(f"#mushra-slider-{signal}")
+    assert submit_disabled(page)
+    assert "from before the page was reloaded" in page.inner_text("#mushra-status")
+    page.screenshot(path=str(tmp_path / "mushra-restored.png"), full_page=True)
+
+    for index, signal in enumerate(signals, start=1):
+        listen(page, index, signal)
+    assert submit_disabled(page), "the other stimuli are not rated yet"
+    for signal in signals[2:]:
+        ratings[signal] = rate_with_keyboard(page, signal, 7)
+    # The restored values survive hearing the stimuli again.
+    for signal in signals[:2]:
+        assert float(page.input_value(f"#mushra-slider-{signal}")) == ratings[signal]
+    assert not submit_disabled(page)
+    page.click("#mushra-submit")
+    page.wait_for_selector("#completion-code", timeout=30000)
+    assert stored_drafts(page) == []
+
+    with served_quick.session_factory() as session:
+        trial = session.scalars(select(Trial)).one()
+        assert trial.response["ratings"] == ratings
+        assert trial.response["restored"] is True
+
+    out_dir = tmp_path / "export"
+    result = CliRunner().invoke(
+        build_cli(),
+        ["results", "export", "--database-url", sqlite_url, "--out", str(out_dir)],
+    )
+    assert result.exit_code == 0, result.output
+    exported = pd.read_csv(out_dir / "ratings.csv")
+    assert len(exported) == len(signals)
+    assert exported["restored"].tolist() == [True] * len(signals)
+
+
+def test_invalid_draft_is_ignored(page: Any, served_quick: ServedStudy) -> None:
+    open_first_page(page, served_quick.url)
+    page.wait_for_selector(READY, timeout=30000)
+    signals = signal_ids(page)
+    key = draft_key(page)
+    submit_url = key.removeprefix("caqe.draft.")
+    drafts = {
+        "not JSON": "{not json",
+        "a JSON array": "[1, 2]",
+        "another format version": json.dumps(
+            {
+                "version": 99,
+                "trial": submit_url,
+                "savedAt": 0,
+                "state": {"ratings": {signals[0]: 40}},
+            }
+        ),
+        "another trial's draft": json.dumps(
+            {
+                "version": 1,
+                "trial": submit_url + "x",
+                "savedAt": 0,
+                "state": {"ratings": {signals[0]: 40}},
+            }
+        ),
+        "ratings that are not an object": json.dumps(
+            {"version": 1, "trial": submit_url, "savedAt": 0, "state": {"ratings": 40}}
+        ),
+    }
+    for case, text in drafts.items():
+        page.evaluate("([key, text]) => localStorage.setItem(key, text)", [key, text])
+        page.reload()
+        page.wait_for_selector(READY, timeout=30000)
+        values = [page.input_value(f"#mushra-slider-{s}") for s in signals]
+        assert values == ["0"] * len(signals), case
+        rated = page.eval_on_selector_all(
+            ".mushra-column--rated", "columns => columns.length"
+        )
+        assert rated == 0, case
+        if case != "ratings that are not an object":
+            assert stored_drafts(page) == [], case
+
+    for index, signal in enumerate(signals, start=1):
+        listen(page, index, signal)
+        rate_with_keyboard(page, signal, 5)
+    page.click("#mushra-submit")
+    page.wait_for_selector("#completion-code", timeout=30000)
+    with served_quick.session_factory() as session:
+        trial = session.scalars(select(Trial)).one()
+        assert set(trial.response["ratings"].values()) == {5.0}
+        assert "restored" not in trial.response

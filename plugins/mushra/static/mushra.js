@@ -5,10 +5,14 @@
 // Nothing is usable until every stimulus is decoded. A slider is disabled
 // until its stimulus was audible for minPlaySeconds. "Submit" is enabled
 // once every stimulus was heard and its slider moved.
+//
+// The slider positions are kept as a draft in localStorage (trial-draft.js)
+// and restored after a reload. The response then has `restored: true`.
 
 import { AudioEngine } from "../static/caqe/audio-engine.js";
 import { Timeline } from "../static/caqe/timeline.js";
 import { flushPending, submitResponse } from "../static/caqe/response-queue.js";
+import { TrialDraft } from "../static/caqe/trial-draft.js";
 
 const REFERENCE_ID = "ref";
 const POLL_INTERVAL_MS = 100;
@@ -46,6 +50,9 @@ const referenceButton = document.getElementById("mushra-select-ref");
 let engine = null;
 let audioContext = null;
 let submitting = false;
+let draft = null;
+// True when a rating of this page came from the draft of an earlier load.
+let restoredFromDraft = false;
 
 function createContext(sampleRate) {
   try {
@@ -104,12 +111,47 @@ function updateControls() {
   const complete = heardCount === total && ratedCount === total;
   submitButton.disabled = !complete || submitting;
   if (!submitting) {
+    const restoredNote =
+      restoredFromDraft && heardCount < total
+        ? "Your ratings from before the page was reloaded are back. Listen to each " +
+          "stimulus again before you submit. "
+        : "";
     statusLine.textContent = complete
       ? "Every stimulus is rated. You can still change the ratings before you submit."
-      : `Heard ${heardCount} of ${total} stimuli, rated ${ratedCount} of ${total}. ` +
+      : restoredNote +
+        `Heard ${heardCount} of ${total} stimuli, rated ${ratedCount} of ${total}. ` +
         (settings.minPlaySeconds > 0
           ? `A slider unlocks after its stimulus played for ${settings.minPlaySeconds} s.`
           : "");
+  }
+}
+
+function saveDraft() {
+  const ratings = {};
+  for (const [id, column] of columns) {
+    if (column.rated) ratings[id] = Number(column.slider.value);
+  }
+  draft.save({ ratings });
+}
+
+// Restores the ratings of an earlier load of this page. Entries for signal
+// ids this page does not have, and values that are not ratings, are skipped.
+//
+// The heard state is not restored: the listening events of the earlier load
+// were never sent, so the stored data could not show that the listener heard
+// each stimulus before rating it. A restored slider keeps its value but stays
+// locked, and Submit stays disabled, until its stimulus is heard again.
+function restoreDraft() {
+  const state = draft.load();
+  const ratings = state?.ratings;
+  if (ratings === null || typeof ratings !== "object" || Array.isArray(ratings)) return;
+  for (const [id, value] of Object.entries(ratings)) {
+    const column = columns.get(id);
+    if (!column || typeof value !== "number" || !(value >= 0 && value <= 100)) continue;
+    column.slider.value = String(value);
+    column.value.textContent = column.slider.value;
+    column.rated = true;
+    restoredFromDraft = true;
   }
 }
 
@@ -193,6 +235,7 @@ async function submit() {
   const { events, dropped } = collectEvents();
   const response = { ratings, order: signalIds, loop: engine.loop };
   if (dropped > 0) response.dropped_events = dropped;
+  if (restoredFromDraft) response.restored = true;
   if (engine.playing) engine.stop();
 
   const result = await submitResponse(
@@ -206,6 +249,7 @@ async function submit() {
     },
   );
   if (result.ok) {
+    draft.clear();
     statusLine.textContent = "Saved.";
     await engine.close();
     await audioContext.close();
@@ -233,6 +277,7 @@ function bindControls() {
     column.slider.addEventListener("input", () => {
       column.rated = true;
       column.value.textContent = column.slider.value;
+      saveDraft();
       updateControls();
     });
   }
@@ -283,6 +328,8 @@ async function main() {
     waveform: REFERENCE_ID,
     label: "Playback position and loop region",
   });
+  draft = new TrialDraft(settings.submitUrl);
+  restoreDraft();
   bindControls();
   playButton.disabled = false;
   referenceButton.disabled = false;
