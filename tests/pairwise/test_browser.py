@@ -7,6 +7,7 @@ stored judgements are then exported with ``caqe results export``.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -250,3 +251,244 @@ def test_participant_completes_demo_in_chromium(
     for _, group in ratings.groupby("condition"):
         assert group["order_shown"].tolist() == list(range(1, len(group) + 1))
         assert group["repeat"].sum() == 1
+
+
+def pairwise_draft_key(page: Any) -> str:
+    return page.evaluate(
+        """() => "caqe.draft." + JSON.parse(
+            document.getElementById("pairwise-settings").textContent).submitUrl"""
+    )
+
+
+def stored_drafts(page: Any) -> list[str]:
+    return page.evaluate(
+        """() => Object.keys(localStorage).filter((key) => key.startsWith("caqe.draft."))"""
+    )
+
+
+def pressed_choices(page: Any) -> list[str]:
+    return page.eval_on_selector_all(
+        ".pairwise-choice[aria-pressed=true]",
+        "buttons => buttons.map((button) => button.dataset.choice)",
+    )
+
+
+def test_reload_restores_choices(
+    served_demo: ServedStudy, browser: Any, sqlite_url: str, tmp_path: Path
+) -> None:
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{served_demo.url}/")
+    page.click("#start")
+    page.check("#agree")
+    page.click("#continue")
+    page.wait_for_selector('#pairwise[data-state="ready"]', timeout=20_000)
+    pairs = int(page.inner_text("#pairwise-pair-title").rsplit(" ", 1)[1])
+
+    # Pair 1 gets the choice B, and pair 2 the choice A without leaving it.
+    for side in ("a", "b"):
+        listen_until_heard(page, side, use_key=False)
+    page.click("#pairwise-choice-b")
+    page.click("#pairwise-next")
+    for side in ("a", "b"):
+        listen_until_heard(page, side, use_key=False)
+    page.click("#pairwise-choice-a")
+    key = pairwise_draft_key(page)
+    # A judgement for a pair the page does not show is skipped.
+    page.evaluate(
+        """(key) => {
+            const draft = JSON.parse(localStorage.getItem(key));
+            draft.state.judgements.push({...draft.state.judgements[0], pair: 99});
+            localStorage.setItem(key, JSON.stringify(draft));
+        }""",
+        key,
+    )
+
+    page.reload()
+    page.wait_for_selector('#pairwise[data-state="ready"]', timeout=20_000)
+    # The study requires listening, and the listening before the reload is
+    # lost, so each restored choice is confirmed after hearing A and B again.
+    assert page.inner_text("#pairwise-pair-title") == f"Pair 1 of {pairs}"
+    assert pressed_choices(page) == ["b"]
+    assert page.locator("#pairwise-choice-b").is_disabled()
+    assert page.locator("#pairwise-next").is_disabled()
+    assert "before the page was reloaded: B" in page.inner_text("#pairwise-status")
+    page.screenshot(path=str(tmp_path / "pairwise-restored.png"), full_page=True)
+    for side in ("a", "b"):
+        listen_until_heard(page, side, use_key=False)
+    assert page.locator("#pairwise-next").is_disabled()
+    page.click("#pairwise-choice-b")
+    assert page.locator("#pairwise-next").is_enabled()
+    page.click("#pairwise-next")
+
+    assert page.inner_text("#pairwise-pair-title") == f"Pair 2 of {pairs}"
+    assert pressed_choices(page) == ["a"]
+    assert page.locator("#pairwise-next").is_disabled()
+    for side in ("a", "b"):
+        listen_until_heard(page, side, use_key=False)
+    page.click("#pairwise-choice-none")
+    page.click("#pairwise-next")
+
+    answers = ["b", "none"]
+    for number in range(2, pairs - 1):
+        assert pressed_choices(page) == []
+        answers.append(answer_pair(page, number))
+    with page.expect_navigation(timeout=20_000):
+        answers.append(answer_pair(page, pairs - 1))
+    page.wait_for_selector('#pairwise[data-state="ready"]', timeout=20_000)
+    assert stored_drafts(page) == []
+
+    # The second page was never reloaded.
+    second_page = []
+    second_pairs = int(page.inner_text("#pairwise-pair-title").rsplit(" ", 1)[1])
+    for number in range(second_pairs - 1):
+        second_page.append(answer_pair(page, number))
+    with page.expect_navigation(timeout=20_000):
+        second_page.append(answer_pair(page, second_pairs - 1))
+    page.wait_for_selector("text=Thank you", timeout=20_000)
+    context.close()
+    assert errors == []
+
+    with served_demo.session_factory() as session:
+        trials = session.execute(
+            select(Trial).join(Reservation).order_by(Reservation.position)
+        ).scalars()
+        responses = [trial.response for trial in trials]
+    assert [j["choice"] for j in responses[0]["judgements"]] == answers
+    assert responses[0]["restored"] is True
+    assert [j["choice"] for j in responses[1]["judgements"]] == second_page
+    assert "restored" not in responses[1]
+
+    out_dir = tmp_path / "export"
+    result = CliRunner().invoke(
+        build_cli(),
+        ["results", "export", "--database-url", sqlite_url, "--out", str(out_dir)],
+    )
+    assert result.exit_code == 0, result.output
+    ratings = pd.read_csv(out_dir / "ratings.csv")
+    restored = ratings.groupby("trial_position")["restored"].agg(set)
+    assert restored.tolist() == [{True}, {False}]
+
+
+def test_invalid_draft_is_ignored(served_demo: ServedStudy, browser: Any) -> None:
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{served_demo.url}/")
+    page.click("#start")
+    page.check("#agree")
+    page.click("#continue")
+    page.wait_for_selector('#pairwise[data-state="ready"]', timeout=20_000)
+    key = pairwise_draft_key(page)
+    submit_url = key.removeprefix("caqe.draft.")
+    pair = page.evaluate(
+        """() => JSON.parse(document.getElementById("pairwise-settings").textContent)
+            .pairs[0]"""
+    )
+    valid = {
+        "pair": 0,
+        **pair,
+        "decision_time_ms": 900,
+        "played_seconds": {"a": 1, "b": 1},
+    }
+
+    def document(judgements: Any, trial: str = submit_url) -> str:
+        state = {"judgements": judgements}
+        return json.dumps({"version": 1, "trial": trial, "savedAt": 0, "state": state})
+
+    drafts = {
+        "not JSON": ("{not json", False),
+        "another trial's draft": (document([{**valid, "choice": "a"}], "/x"), False),
+        "judgements that are not a list": (document({"0": valid}), True),
+        "an unknown choice": (document([{**valid, "choice": "c"}]), True),
+        "swapped A and B": (
+            document([{**valid, "a": pair["b"], "b": pair["a"], "choice": "a"}]),
+            True,
+        ),
+        "negative seconds": (
+            document([{**valid, "choice": "a", "played_seconds": {"a": -1, "b": 1}}]),
+            True,
+        ),
+    }
+    for case, (text, kept) in drafts.items():
+        page.evaluate("([key, text]) => localStorage.setItem(key, text)", [key, text])
+        page.reload()
+        page.wait_for_selector('#pairwise[data-state="ready"]', timeout=20_000)
+        assert page.inner_text("#pairwise-pair-title").startswith("Pair 1 of"), case
+        assert pressed_choices(page) == [], case
+        assert "reloaded" not in page.inner_text("#pairwise-status"), case
+        assert stored_drafts(page) == ([key] if kept else []), case
+    context.close()
+    assert errors == []
+
+
+@pytest.fixture
+def served_without_listening(
+    tmp_path: Path, sqlite_url: str, registry: Registry
+) -> Iterator[ServedStudy]:
+    """The pairwise demo on one page, with choices allowed before listening."""
+    config = yaml.safe_load(DEMO_CONFIG.read_text())
+    config["pairwise"]["require_both_played"] = False
+    config["flow"]["steps"] = ["consent", "trials"]
+    config["assignment"]["conditions_per_participant"] = 1
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    served = build_study(path, sqlite_url, registry, tmp_path / "data")
+    served.start()
+    set_registry(registry)
+    try:
+        yield served
+    finally:
+        served.stop()
+        set_registry(None)
+
+
+def test_reload_resumes_at_open_pair(
+    served_without_listening: ServedStudy, browser: Any
+) -> None:
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{served_without_listening.url}/")
+    page.click("#start")
+    page.check("#agree")
+    page.click("#continue")
+    page.wait_for_selector('#pairwise[data-state="ready"]', timeout=20_000)
+    pairs = int(page.inner_text("#pairwise-pair-title").rsplit(" ", 1)[1])
+
+    page.click("#pairwise-choice-b")
+    page.click("#pairwise-next")
+    page.click("#pairwise-choice-a")
+    page.click("#pairwise-next")
+    page.reload()
+    page.wait_for_selector('#pairwise[data-state="ready"]', timeout=20_000)
+
+    # Without a listening requirement the restored choices stand, so the page
+    # resumes at the first pair without a choice.
+    assert page.inner_text("#pairwise-pair-title") == f"Pair 3 of {pairs}"
+    done = page.eval_on_selector_all(".pairwise-step--done", "steps => steps.length")
+    assert done == 2
+    assert pressed_choices(page) == []
+    answers = ["b", "a"]
+    for _ in range(2, pairs - 1):
+        page.click("#pairwise-choice-b")
+        page.click("#pairwise-next")
+        answers.append("b")
+    page.click("#pairwise-choice-none")
+    answers.append("none")
+    with page.expect_navigation(timeout=20_000):
+        page.click("#pairwise-next")
+    page.wait_for_selector("text=Thank you", timeout=20_000)
+    assert stored_drafts(page) == []
+    context.close()
+    assert errors == []
+
+    with served_without_listening.session_factory() as session:
+        trial = session.scalars(select(Trial)).one()
+    assert [j["choice"] for j in trial.response["judgements"]] == answers
+    assert trial.response["restored"] is True

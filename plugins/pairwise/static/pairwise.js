@@ -10,8 +10,11 @@
 // - "Next pair" is enabled once the pair has a choice. The last pair's button
 //   submits every judgement of the page in one response.
 //
-// Choices live only in this page until it submits, so a reload starts the
-// page again from its first pair.
+// The choices are kept as a draft in localStorage (trial-draft.js), so a
+// reload restores them and the response then has `restored: true`. When the
+// study requires listening, a restored choice must be confirmed after hearing
+// A and B again (see restoreDraft), so the reload starts at the first pair.
+// Otherwise it starts at the first pair without a choice.
 //
 // Every engine event is logged with the index of the pair on screen. The page
 // adds a "pair" event when it shows a pair and a "choice" event for each
@@ -20,6 +23,7 @@
 import { AudioEngine } from "../static/caqe/audio-engine.js";
 import { Timeline } from "../static/caqe/timeline.js";
 import { flushPending, submitResponse } from "../static/caqe/response-queue.js";
+import { TrialDraft } from "../static/caqe/trial-draft.js";
 
 const REFERENCE_ID = "ref";
 const POLL_INTERVAL_MS = 100;
@@ -58,6 +62,8 @@ const pairs = settings.pairs.map((pair) => ({
   played: null,
   shownAt: 0,
   base: { a: 0, b: 0 },
+  // True while the choice is the one restored from the draft.
+  restored: false,
 }));
 
 let engine = null;
@@ -66,6 +72,9 @@ let engineCreatedAt = 0;
 let current = 0;
 let submitting = false;
 const events = [];
+let draft = null;
+// True when a choice of this page came from the draft of an earlier load.
+let restoredFromDraft = false;
 
 function showError(message) {
   errorLine.textContent = message;
@@ -95,6 +104,74 @@ function wasHeard(side) {
 
 function canAnswer() {
   return !settings.requireBothPlayed || (wasHeard("a") && wasHeard("b"));
+}
+
+// A restored choice needs confirming when the study requires listening,
+// because the events that showed the listening behind it were lost.
+function needsConfirmation(pair) {
+  return pair.restored && settings.requireBothPlayed;
+}
+
+function saveDraft() {
+  const judgements = [];
+  pairs.forEach((pair, index) => {
+    if (pair.choice === null) return;
+    judgements.push({
+      pair: index,
+      a: pair.a,
+      b: pair.b,
+      choice: pair.choice,
+      decision_time_ms: pair.decisionMs,
+      played_seconds: pair.played,
+    });
+  });
+  draft.save({ judgements });
+}
+
+function isSeconds(value) {
+  return typeof value === "number" && Number.isFinite(value) && value >= 0;
+}
+
+// Returns a draft judgement as the fields of `pairs[entry.pair]`, or null
+// when it names a pair this page does not show with the same A and B, or
+// when a field is invalid.
+function parseDraftJudgement(entry) {
+  if (entry === null || typeof entry !== "object") return null;
+  const pair = Number.isInteger(entry.pair) ? pairs[entry.pair] : undefined;
+  if (!pair || entry.a !== pair.a || entry.b !== pair.b) return null;
+  const allowed = settings.allowNoPreference ? ["a", "b", "none"] : ["a", "b"];
+  if (!allowed.includes(entry.choice) || !isSeconds(entry.decision_time_ms)) return null;
+  const played = entry.played_seconds;
+  if (played === null || typeof played !== "object") return null;
+  if (!isSeconds(played.a) || !isSeconds(played.b)) return null;
+  return {
+    choice: entry.choice,
+    decisionMs: entry.decision_time_ms,
+    played: { a: played.a, b: played.b },
+  };
+}
+
+// Restores the choices of an earlier load of this page and returns the
+// index of the pair to show first.
+//
+// The heard state is not restored: the listening events of the earlier load
+// were never sent, so the stored data could not show that the listener heard
+// A and B before choosing. When the study requires listening, the server
+// also checks each choice against the events of this load. So each restored
+// choice is shown as the earlier answer and must be chosen again after
+// hearing A and B again on this load.
+function restoreDraft() {
+  const judgements = draft.load()?.judgements;
+  if (!Array.isArray(judgements)) return 0;
+  for (const entry of judgements) {
+    const restored = parseDraftJudgement(entry);
+    if (restored === null) continue;
+    Object.assign(pairs[entry.pair], restored, { restored: true });
+    restoredFromDraft = true;
+  }
+  if (settings.requireBothPlayed) return 0;
+  const open = pairs.findIndex((pair) => pair.choice === null);
+  return open === -1 ? pairs.length - 1 : open;
 }
 
 function updateControls() {
@@ -127,10 +204,15 @@ function updateControls() {
     button.classList.toggle("pairwise-choice--chosen", chosen);
     button.setAttribute("aria-pressed", String(chosen));
   }
-  nextButton.disabled = pair.choice === null || submitting;
+  nextButton.disabled = pair.choice === null || needsConfirmation(pair) || submitting;
 
   if (submitting) return;
-  if (pair.choice !== null) {
+  if (needsConfirmation(pair)) {
+    const instruction = answerable ? "Choose" : "Listen to A and B again, then choose";
+    statusLine.textContent =
+      `Your answer before the page was reloaded: ${CHOICE_NAMES[pair.choice]}. ` +
+      `${instruction} it again to confirm it, or change it.`;
+  } else if (pair.choice !== null) {
     const action = current === pairs.length - 1 ? "submit the page" : "go to the next pair";
     statusLine.textContent =
       `Your answer: ${CHOICE_NAMES[pair.choice]}. You can change it, or ${action}.`;
@@ -181,6 +263,7 @@ function choose(choice) {
   if (choice === "none" && !settings.allowNoPreference) return;
   const pair = pairs[current];
   pair.choice = choice;
+  pair.restored = false;
   pair.decisionMs = performance.now() - pair.shownAt;
   pair.played = { a: heardSeconds("a"), b: heardSeconds("b") };
   events.push({
@@ -191,11 +274,13 @@ function choose(choice) {
     pair: current,
     choice,
   });
+  saveDraft();
   updateControls();
 }
 
 function next() {
-  if (submitting || pairs[current].choice === null) return;
+  const pair = pairs[current];
+  if (submitting || pair.choice === null || needsConfirmation(pair)) return;
   if (current === pairs.length - 1) {
     submit();
     return;
@@ -290,6 +375,7 @@ async function submit() {
   const { kept, dropped } = collectEvents();
   const response = { judgements };
   if (dropped > 0) response.dropped_events = dropped;
+  if (restoredFromDraft) response.restored = true;
 
   const result = await submitResponse(
     settings.submitUrl,
@@ -302,6 +388,7 @@ async function submit() {
     },
   );
   if (result.ok) {
+    draft.clear();
     statusLine.textContent = "Saved.";
     root.dataset.state = "saved";
     await engine.close();
@@ -374,8 +461,10 @@ async function main() {
   playButton.disabled = false;
   if (referenceButton) referenceButton.disabled = false;
   for (const button of Object.values(sideButtons)) button.disabled = false;
+  draft = new TrialDraft(settings.submitUrl);
+  const first = restoreDraft();
   root.dataset.state = "ready";
-  showPair(0);
+  showPair(first);
 }
 
 main();
