@@ -20,6 +20,7 @@ from caqe_core import __version__
 from caqe_core.config import ConfigError, StudyConfig, load_config
 from caqe_core.db import (
     DEFAULT_POOL_SIZE,
+    current_revision,
     data_dir,
     describe_database,
     has_tables,
@@ -366,7 +367,7 @@ def prepare(context: Context, config: StudyConfig) -> Study:
     default=8,
     show_default=True,
     type=click.IntRange(1, 256),
-    help="Threads per worker.",
+    help="Threads per worker. On PostgreSQL each worker keeps one connection per thread.",
 )
 def run_command(
     plugin: str | None,
@@ -441,8 +442,15 @@ def db_group() -> None:
 def db_upgrade(database_url: str | None) -> None:
     """Apply the database migrations."""
     url, engine, _ = open_database(database_url)
+    before = current_revision(engine) if has_tables(engine) else None
     ensure_schema(engine)
-    click.echo(f"Database {describe_database(url)} is up to date.")
+    after = current_revision(engine)
+    if before == after:
+        click.echo(f"Database {describe_database(url)} is up to date ({after}).")
+    else:
+        click.echo(
+            f"Upgraded database {describe_database(url)} from {before or 'empty'} to {after}."
+        )
 
 
 @db_group.command("reset")

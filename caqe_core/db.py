@@ -62,7 +62,7 @@ def make_engine(url: str, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
     some. Writing still uses ``json.dumps``.
 
     On PostgreSQL the pool keeps ``pool_size`` connections open and opens up
-    to as many again under a burst. A server passes its threads per worker:
+    to 10 more under a burst. A server passes its threads per worker:
     a connection handed back to a full pool is closed, so a pool smaller
     than the threads using it opens and closes connections all the time,
     and each new connection starts a PostgreSQL backend process.
@@ -80,7 +80,7 @@ def make_engine(url: str, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
     engine = create_engine(
         url,
         pool_size=pool_size,
-        max_overflow=max(pool_size, 10),
+        max_overflow=10,
         json_deserializer=orjson.loads,
     )
     event.listen(engine, "connect", _note_checkin)

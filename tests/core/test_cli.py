@@ -93,7 +93,8 @@ def test_db_upgrade(caqe: Any, database_url: str) -> None:
 
     assert_clean(first, 0)
     assert_clean(second, 0)
-    assert "is up to date" in first.output
+    assert "from empty to 0002" in first.output
+    assert "is up to date (0002)" in second.output
     engine = make_engine(database_url)
     try:
         tables = set(inspect(engine).get_table_names())
