@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import func, select, update
@@ -40,7 +41,7 @@ def start_participant(
     external_data: dict[str, Any] | None = None,
 ) -> Participant:
     """Create a participant at the first step and fire ``participant_started``."""
-    participant = _insert_participant(
+    participant, _ = _insert_participant(
         session_factory, study, recruiter, external_id, external_data, None
     )
     return _announce_start(session_factory, study, participant)
@@ -53,6 +54,7 @@ def get_or_start_participant(
     idempotency_key: str,
     external_id: str | None = None,
     external_data: dict[str, Any] | None = None,
+    check: Callable[[Session], None] | None = None,
 ) -> tuple[Participant, bool]:
     """Return the participant started with ``idempotency_key``, starting it if new.
 
@@ -63,6 +65,15 @@ def get_or_start_participant(
     the participant fires ``participant_started``, and the other call may
     return before those hooks have committed their changes.
 
+    ``check``, when given, decides whether a new participant may start, for
+    example a recruiter's limit per person. It runs in the inserting
+    transaction while that transaction holds the lock that serialises every
+    participant start of the experiment, across processes, so its queries
+    see every participant committed before and none can be inserted until
+    this call commits. It does not run when a participant with the key
+    exists. An exception it raises rolls the transaction back and
+    propagates to the caller.
+
     Raises ValueError for an empty key, which would join unrelated starts,
     and for a key that the database cannot store: longer than
     ``MAX_IDEMPOTENCY_KEY_LENGTH``, or containing NUL or a lone surrogate.
@@ -72,13 +83,14 @@ def get_or_start_participant(
     if existing is not None:
         return existing, False
     try:
-        participant = _insert_participant(
+        participant, created = _insert_participant(
             session_factory,
             study,
             recruiter,
             external_id,
             external_data,
             idempotency_key,
+            check,
         )
     except IntegrityError:
         # Another request inserted the key after the check above. The insert
@@ -96,6 +108,14 @@ def get_or_start_participant(
             recruiter,
         )
         return existing, False
+    if not created:
+        logger.info(
+            "Participant %s was started with this idempotency key while this "
+            "request waited (recruiter %s)",
+            participant.id,
+            recruiter,
+        )
+        return participant, False
     return _announce_start(session_factory, study, participant), True
 
 
@@ -146,8 +166,35 @@ def _insert_participant(
     external_id: str | None,
     external_data: dict[str, Any] | None,
     idempotency_key: str | None,
-) -> Participant:
+    check: Callable[[Session], None] | None = None,
+) -> tuple[Participant, bool]:
+    """Insert a participant, or return the one stored with ``idempotency_key``.
+
+    The second value is True when this call inserted the participant.
+    """
     with session_factory() as session, session.begin():
+        # A no-op update of the experiment row is the lock: PostgreSQL locks
+        # the row until commit, and SQLite takes its database write lock. So
+        # starts of one experiment run one at a time, also across processes,
+        # and the queries below see every participant committed before.
+        session.execute(
+            update(Experiment)
+            .where(Experiment.id == study.experiment_id)
+            .values(participant_counter=Experiment.participant_counter)
+        )
+        if idempotency_key is not None:
+            existing = session.scalar(
+                select(Participant).where(
+                    Participant.experiment_id == study.experiment_id,
+                    Participant.recruiter == recruiter,
+                    Participant.idempotency_key == idempotency_key,
+                )
+            )
+            if existing is not None:
+                session.expunge(existing)
+                return existing, False
+        if check is not None:
+            check(session)
         session.execute(
             update(Experiment)
             .where(Experiment.id == study.experiment_id)
@@ -178,7 +225,7 @@ def _insert_participant(
         study.name,
         recruiter,
     )
-    return participant
+    return participant, True
 
 
 def _announce_start(
