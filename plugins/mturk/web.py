@@ -153,21 +153,33 @@ def entry() -> Any:
     )
     created = False
     if participant is None:
-        reason = took_part(session, study.experiment_id, worker_id, section)
-        if reason is not None:
-            return _took_part_page(reason, section)
-        participant, created = get_or_start_participant(
-            state().session_factory,
-            study,
-            NAME,
-            idempotency_key=assignment_id,
-            external_id=worker_id,
-            external_data={
-                "assignmentId": assignment_id,
-                "hitId": hit_id,
-                "turkSubmitTo": normalize_origin(turk_submit_to),
-            },
-        )
+        # The limit is checked under the insert's lock, after this assignment's
+        # participant is looked up again. A check here could count that
+        # participant if another request of this assignment just stored it.
+        try:
+            participant, created = get_or_start_participant(
+                state().session_factory,
+                study,
+                NAME,
+                idempotency_key=assignment_id,
+                external_id=worker_id,
+                external_data={
+                    "assignmentId": assignment_id,
+                    "hitId": hit_id,
+                    "turkSubmitTo": normalize_origin(turk_submit_to),
+                },
+                check=functools.partial(
+                    _check_worker_limit, study.experiment_id, worker_id, section
+                ),
+            )
+        except WorkerLimitReachedError as error:
+            logger.info(
+                "Worker %s may not start assignment %s: %s",
+                worker_id,
+                assignment_id,
+                error.reason,
+            )
+            return _took_part_page(error.reason, section)
     if participant.external_id != worker_id:
         logger.warning(
             "Assignment %s arrived with worker %s, but participant %s is worker %s",
@@ -237,20 +249,52 @@ def _participant_for_assignment(
     )
 
 
+class WorkerLimitReachedError(Exception):
+    """A worker may not start another assignment; ``reason`` is from ``took_part``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the worker may not start another assignment: {reason}")
+        self.reason = reason
+
+
+def _check_worker_limit(
+    experiment_id: int, worker_id: str, section: MTurkConfig, session: Session
+) -> None:
+    """Raise WorkerLimitReachedError if the worker may not start another assignment.
+
+    ``get_or_start_participant`` calls this while participant starts are
+    locked, so two assignments of one worker that arrive at once, in one
+    process or several, cannot both pass it.
+    """
+    reason = took_part(session, experiment_id, worker_id, section)
+    if reason is not None:
+        raise WorkerLimitReachedError(reason)
+
+
 def took_part(
     session: Session, experiment_id: int, worker_id: str, section: MTurkConfig
 ) -> str | None:
     """Return why a worker may not start another assignment, or None.
 
-    ``completed`` when the worker finished ``max_assignments_per_worker``
-    sessions; ``screened_out`` when a screening step ended a session of theirs
-    within the last ``screening_validity_hours``.
+    ``completed`` when the worker has ``max_assignments_per_worker`` sessions
+    that are completed or still active. An active session counts until its
+    assignment expires, ``assignment_duration_seconds`` after it started,
+    because until then the worker may still finish and submit it.
+    ``screened_out`` when a screening step ended a session of theirs within
+    the last ``screening_validity_hours``.
     """
     rows = _worker_participants(session, experiment_id, worker_id)
-    completed = sum(1 for row in rows if row.status == "completed")
-    if completed >= section.max_assignments_per_worker:
+    now = utcnow()
+    open_since = now - dt.timedelta(seconds=section.assignment_duration_seconds)
+    counted_sessions = sum(
+        1
+        for row in rows
+        if row.status == "completed"
+        or (row.status == "active" and _as_utc(row.created_at) >= open_since)
+    )
+    if counted_sessions >= section.max_assignments_per_worker:
         return "completed"
-    since = utcnow() - dt.timedelta(hours=section.screening_validity_hours)
+    since = now - dt.timedelta(hours=section.screening_validity_hours)
     for row in rows:
         finished = row.finished_at
         if row.status == "screened_out" and finished and _as_utc(finished) >= since:

@@ -431,6 +431,84 @@ def test_entries_in_processes_start_one_participant(
     assert [row.sequence for row in started] == list(range(ENTRY_ROUNDS))
 
 
+WORKER_ASSIGNMENTS = 6
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_worker_limit_holds_across_processes(
+    tmp_path: Path, database_url: str, registry: Registry, limit: int
+) -> None:
+    """Different assignments of one worker sent at once start ``limit`` participants.
+
+    The entries go to several server processes that share only the database,
+    so no process can read the participants another is starting.
+    """
+    config = scale_study(
+        tmp_path / "study",
+        items=3,
+        stimuli=2,
+        recruiter="mturk",
+        mturk={
+            "allowed_submit_origins": [SUBMIT_ORIGIN],
+            "max_assignments_per_worker": limit,
+        },
+    )
+    served = build_study(config, database_url, registry, tmp_path / "data")
+    with served.session_factory() as session, session.begin():
+        session.add(
+            RecruitmentJob(
+                experiment_id=served.study.experiment_id,
+                recruiter="mturk",
+                request_token=f"token-{HIT}",
+                external_id=HIT,
+                status="created",
+                data={"kind": "hit"},
+            )
+        )
+    assignments = [f"ASSIGNMENT{index}" for index in range(WORKER_ASSIGNMENTS)]
+    responses: list[tuple[int, str]] = []
+
+    with serve_in_processes(
+        config, database_url, tmp_path / "data", ENTRY_PROCESSES
+    ) as urls:
+        barrier = threading.Barrier(len(assignments))
+
+        def enter(url: str, assignment: str) -> None:
+            query = urlencode(
+                {
+                    "assignmentId": assignment,
+                    "hitId": HIT,
+                    "workerId": "AWORKERONE",
+                    "turkSubmitTo": SUBMIT_ORIGIN,
+                }
+            )
+            barrier.wait(timeout=30)
+            response = requests.get(
+                f"{url}/mturk/?{query}", allow_redirects=False, timeout=60
+            )
+            responses.append((response.status_code, response.text))
+
+        threads = [
+            threading.Thread(target=enter, args=(urls[index % len(urls)], assignment))
+            for index, assignment in enumerate(assignments)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=90)
+
+    with served.session_factory() as session:
+        started = session.scalars(select(Participant)).all()
+    served.session_factory.kw["bind"].dispose()
+    statuses = sorted(status for status, _ in responses)
+    assert len(responses) == WORKER_ASSIGNMENTS
+    assert statuses == [302] * limit + [403] * (WORKER_ASSIGNMENTS - limit)
+    for status, text in responses:
+        if status == 403:
+            assert "You already took part" in text
+    assert len(started) == limit
+
+
 def test_assignment_of_other_worker_rejected(site: Site) -> None:
     site.start("ASSIGNMENTONE", "AWORKERONE")
 
@@ -565,6 +643,28 @@ def test_worker_at_limit_told_before_work(site: Site) -> None:
         assert "You already took part" in response.get_data(as_text=True)
     assert len(site.participants()) == 2
     assert site.entry("ASSIGNMENTFOUR", "AWORKERTWO").status_code == 302
+
+
+def test_active_sessions_count_until_expiry(site: Site) -> None:
+    site.start("ASSIGNMENTONE")
+    site.start("ASSIGNMENTTWO")
+
+    blocked = site.entry("ASSIGNMENTTHREE", "AWORKERONE")
+
+    assert blocked.status_code == 403
+    assert "You already took part" in blocked.get_data(as_text=True)
+    assert len(site.participants()) == 2
+
+    expired = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=31)
+    with site.factory() as session, session.begin():
+        session.execute(
+            update(Participant)
+            .where(Participant.idempotency_key == "ASSIGNMENTONE")
+            .values(created_at=expired)
+        )
+
+    assert site.entry("ASSIGNMENTTHREE", "AWORKERONE").status_code == 302
+    assert len(site.participants()) == 3
 
 
 def test_worker_below_limit_may_return(site: Site) -> None:
