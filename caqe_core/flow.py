@@ -11,8 +11,7 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from caqe_core.models import Experiment, Participant, Reservation, utcnow
@@ -82,32 +81,18 @@ def get_or_start_participant(
     existing = _participant_by_key(session_factory, study, recruiter, idempotency_key)
     if existing is not None:
         return existing, False
-    try:
-        participant, created = _insert_participant(
-            session_factory,
-            study,
-            recruiter,
-            external_id,
-            external_data,
-            idempotency_key,
-            check,
-        )
-    except IntegrityError:
-        # Another request inserted the key after the check above. The insert
-        # fails only once that request has committed (PostgreSQL waits on the
-        # index entry, SQLite on its write lock), so its participant is visible.
-        existing = _participant_by_key(
-            session_factory, study, recruiter, idempotency_key
-        )
-        if existing is None:
-            raise
-        logger.info(
-            "Participant %s was already started with this idempotency key "
-            "(recruiter %s)",
-            existing.id,
-            recruiter,
-        )
-        return existing, False
+    # The insert runs under the experiment's lock and looks the key up again
+    # there, so a concurrent start with this key returns its participant
+    # instead of failing on the unique index.
+    participant, created = _insert_participant(
+        session_factory,
+        study,
+        recruiter,
+        external_id,
+        external_data,
+        idempotency_key,
+        check,
+    )
     if not created:
         logger.info(
             "Participant %s was started with this idempotency key while this "
@@ -147,16 +132,20 @@ def _participant_by_key(
     idempotency_key: str,
 ) -> Participant | None:
     with session_factory() as session:
-        participant = session.scalar(
-            select(Participant).where(
-                Participant.experiment_id == study.experiment_id,
-                Participant.recruiter == recruiter,
-                Participant.idempotency_key == idempotency_key,
-            )
-        )
+        participant = session.scalar(_select_by_key(study, recruiter, idempotency_key))
         if participant is not None:
             session.expunge(participant)
         return participant
+
+
+def _select_by_key(
+    study: Study, recruiter: str, idempotency_key: str
+) -> Select[Participant]:
+    return select(Participant).where(
+        Participant.experiment_id == study.experiment_id,
+        Participant.recruiter == recruiter,
+        Participant.idempotency_key == idempotency_key,
+    )
 
 
 def _insert_participant(
@@ -183,13 +172,7 @@ def _insert_participant(
             .values(participant_counter=Experiment.participant_counter)
         )
         if idempotency_key is not None:
-            existing = session.scalar(
-                select(Participant).where(
-                    Participant.experiment_id == study.experiment_id,
-                    Participant.recruiter == recruiter,
-                    Participant.idempotency_key == idempotency_key,
-                )
-            )
+            existing = session.scalar(_select_by_key(study, recruiter, idempotency_key))
             if existing is not None:
                 session.expunge(existing)
                 return existing, False
