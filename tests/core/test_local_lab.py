@@ -34,7 +34,7 @@ from tests.adversarial.helpers import (
     scale_trial,
     start_listener,
 )
-from tests.support.processes import serve_in_processes
+from tests.support.processes import call_at_once, serve_in_processes
 from tests.support.server import SECRET, ServedStudy, build_study
 from tests.support.studies import scale_study
 
@@ -229,27 +229,21 @@ def test_start_posts_in_processes_start_one(
     ) as urls:
         for _ in range(START_ROUNDS):
             token = start_token(requests.get(f"{urls[0]}/lab/").text)
-            targets = urls * STARTS_PER_PROCESS
-            barrier = threading.Barrier(len(targets))
-            locations: list[str] = []
-
-            def post(url: str, token: str = token) -> None:
-                barrier.wait(timeout=30)
-                answer = requests.post(
-                    f"{url}/lab/",
-                    data={"start_token": token},
-                    allow_redirects=False,
-                    timeout=60,
-                )
-                locations.append(
-                    answer.headers.get("Location", str(answer.status_code))
-                )
-
-            threads = [threading.Thread(target=post, args=(url,)) for url in targets]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(timeout=90)
+            answers = call_at_once(
+                [
+                    lambda url=url, token=token: requests.post(
+                        f"{url}/lab/",
+                        data={"start_token": token},
+                        allow_redirects=False,
+                        timeout=60,
+                    )
+                    for url in urls * STARTS_PER_PROCESS
+                ]
+            )
+            locations = [
+                answer.headers.get("Location", str(answer.status_code))
+                for answer in answers
+            ]
             rounds.append(locations)
 
     for locations in rounds:

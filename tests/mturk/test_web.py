@@ -29,7 +29,7 @@ from caqe_core.hookspecs import hookimpl
 from caqe_core.models import Participant, RecruitmentJob, ScreeningResult
 from caqe_core.plugins import Registry, build_registry
 from tests.support import scale_plugin
-from tests.support.processes import serve_in_processes
+from tests.support.processes import call_at_once, serve_in_processes
 from tests.support.server import ServedStudy, build_study
 from tests.support.studies import scale_study
 
@@ -359,20 +359,16 @@ ENTRY_ROUNDS = 6
 ENTRIES_PER_PROCESS = 2
 
 
-def test_entries_in_processes_start_one_participant(
-    tmp_path: Path, database_url: str, registry: Registry
-) -> None:
-    """Server processes that share only the database start one participant per assignment.
-
-    Each round sends the first entries of a new assignment to every process
-    at once, so each process may find no participant before another stores one.
-    """
+def _study_with_hit(
+    tmp_path: Path, database_url: str, registry: Registry, **mturk: Any
+) -> tuple[Path, ServedStudy]:
+    """Build an MTurk study with one created HIT; ``mturk`` adds config keys."""
     config = scale_study(
         tmp_path / "study",
         items=3,
         stimuli=2,
         recruiter="mturk",
-        mturk={"allowed_submit_origins": [SUBMIT_ORIGIN]},
+        mturk={"allowed_submit_origins": [SUBMIT_ORIGIN], **mturk},
     )
     served = build_study(config, database_url, registry, tmp_path / "data")
     with served.session_factory() as session, session.begin():
@@ -386,6 +382,29 @@ def test_entries_in_processes_start_one_participant(
                 data={"kind": "hit"},
             )
         )
+    return config, served
+
+
+def _entry_query(assignment: str, worker: str) -> str:
+    return urlencode(
+        {
+            "assignmentId": assignment,
+            "hitId": HIT,
+            "workerId": worker,
+            "turkSubmitTo": SUBMIT_ORIGIN,
+        }
+    )
+
+
+def test_entries_in_processes_start_one_participant(
+    tmp_path: Path, database_url: str, registry: Registry
+) -> None:
+    """Server processes that share only the database start one participant per assignment.
+
+    Each round sends the first entries of a new assignment to every process
+    at once, so each process may find no participant before another stores one.
+    """
+    config, served = _study_with_hit(tmp_path, database_url, registry)
     assignments = [f"ASSIGNMENT{round_}" for round_ in range(ENTRY_ROUNDS)]
     locations: dict[str, list[str]] = {assignment: [] for assignment in assignments}
 
@@ -393,31 +412,19 @@ def test_entries_in_processes_start_one_participant(
         config, database_url, tmp_path / "data", ENTRY_PROCESSES
     ) as urls:
         for assignment in assignments:
-            query = urlencode(
-                {
-                    "assignmentId": assignment,
-                    "hitId": HIT,
-                    "workerId": f"AWORKER{assignment}",
-                    "turkSubmitTo": SUBMIT_ORIGIN,
-                }
+            query = _entry_query(assignment, f"AWORKER{assignment}")
+            answers = call_at_once(
+                [
+                    lambda url=url, query=query: requests.get(
+                        f"{url}/mturk/?{query}", allow_redirects=False, timeout=60
+                    )
+                    for url in urls * ENTRIES_PER_PROCESS
+                ]
             )
-            targets = urls * ENTRIES_PER_PROCESS
-            barrier = threading.Barrier(len(targets))
-
-            def enter(url: str, assignment: str = assignment, query: str = query):
-                barrier.wait(timeout=30)
-                response = requests.get(
-                    f"{url}/mturk/?{query}", allow_redirects=False, timeout=60
-                )
-                locations[assignment].append(
-                    response.headers.get("Location", str(response.status_code))
-                )
-
-            threads = [threading.Thread(target=enter, args=(url,)) for url in targets]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(timeout=90)
+            locations[assignment] = [
+                answer.headers.get("Location", str(answer.status_code))
+                for answer in answers
+            ]
 
     with served.session_factory() as session:
         started = session.scalars(select(Participant).order_by(Participant.id)).all()
@@ -443,59 +450,25 @@ def test_worker_limit_holds_across_processes(
     The entries go to several server processes that share only the database,
     so no process can read the participants another is starting.
     """
-    config = scale_study(
-        tmp_path / "study",
-        items=3,
-        stimuli=2,
-        recruiter="mturk",
-        mturk={
-            "allowed_submit_origins": [SUBMIT_ORIGIN],
-            "max_assignments_per_worker": limit,
-        },
+    config, served = _study_with_hit(
+        tmp_path, database_url, registry, max_assignments_per_worker=limit
     )
-    served = build_study(config, database_url, registry, tmp_path / "data")
-    with served.session_factory() as session, session.begin():
-        session.add(
-            RecruitmentJob(
-                experiment_id=served.study.experiment_id,
-                recruiter="mturk",
-                request_token=f"token-{HIT}",
-                external_id=HIT,
-                status="created",
-                data={"kind": "hit"},
-            )
-        )
     assignments = [f"ASSIGNMENT{index}" for index in range(WORKER_ASSIGNMENTS)]
-    responses: list[tuple[int, str]] = []
 
     with serve_in_processes(
         config, database_url, tmp_path / "data", ENTRY_PROCESSES
     ) as urls:
-        barrier = threading.Barrier(len(assignments))
-
-        def enter(url: str, assignment: str) -> None:
-            query = urlencode(
-                {
-                    "assignmentId": assignment,
-                    "hitId": HIT,
-                    "workerId": "AWORKERONE",
-                    "turkSubmitTo": SUBMIT_ORIGIN,
-                }
-            )
-            barrier.wait(timeout=30)
-            response = requests.get(
-                f"{url}/mturk/?{query}", allow_redirects=False, timeout=60
-            )
-            responses.append((response.status_code, response.text))
-
-        threads = [
-            threading.Thread(target=enter, args=(urls[index % len(urls)], assignment))
-            for index, assignment in enumerate(assignments)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=90)
+        answers = call_at_once(
+            [
+                lambda url=urls[index % len(urls)], assignment=assignment: requests.get(
+                    f"{url}/mturk/?{_entry_query(assignment, 'AWORKERONE')}",
+                    allow_redirects=False,
+                    timeout=60,
+                )
+                for index, assignment in enumerate(assignments)
+            ]
+        )
+        responses = [(answer.status_code, answer.text) for answer in answers]
 
     with served.session_factory() as session:
         started = session.scalars(select(Participant)).all()

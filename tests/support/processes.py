@@ -13,10 +13,12 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+Result = TypeVar("Result")
 
 START_TIMEOUT_SECONDS = 120.0
 """Each process imports the plugins (numpy, scipy) and prepares the study."""
@@ -106,3 +108,33 @@ def serve_in_processes(
             if process.is_alive():
                 process.terminate()
                 process.join(timeout=10)
+
+
+def call_at_once(calls: Sequence[Callable[[], Result]]) -> list[Result]:
+    """Run each call in its own thread, all released together, and return their results in order.
+
+    The first exception a call raises is raised here after every thread ended.
+    """
+    barrier = threading.Barrier(len(calls))
+    results: list[Any] = [None] * len(calls)
+    errors: list[Exception] = []
+
+    def run(index: int, call: Callable[[], Result]) -> None:
+        try:
+            barrier.wait(timeout=30)
+            results[index] = call()
+        except Exception as error:  # noqa: BLE001 - raised again below
+            errors.append(error)
+            barrier.abort()
+
+    threads = [
+        threading.Thread(target=run, args=(index, call))
+        for index, call in enumerate(calls)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=90)
+    if errors:
+        raise errors[0]
+    return results
