@@ -319,7 +319,7 @@ def _wait_for_participant(session: Session, code: str, job_id: int) -> str | Non
 def _start_page(error: str | None = None, status: int = 200) -> Any:
     """Render the start page with a new start token.
 
-    ``Cache-Control: no-store`` asks the browser to load the page again on
+    ``Cache-Control: no-store`` tells the browser to load the page again on
     Back or a reload instead of showing a stored copy, so that a kiosk's next
     participant gets a new token instead of posting the previous one's.
     """

@@ -154,12 +154,12 @@ function parseDraftJudgement(entry) {
 // Restores the choices of an earlier load of this page and returns the
 // index of the pair to show first.
 //
-// The heard state is not restored: the listening events of the earlier load
-// were never sent, so the stored data could not show that the listener heard
-// A and B before choosing. When the study requires listening, the server
-// also checks each choice against the events of this load. So each restored
-// choice is shown as the earlier answer and must be chosen again after
-// hearing A and B again on this load.
+// The heard state is not restored, because the listening events of the
+// earlier load were never sent and the stored data could not show that the
+// listener heard A and B before choosing. When the study requires listening,
+// the server also checks each choice against the events of this load. So a
+// restored choice is shown as the earlier choice, and the listener makes it
+// again after hearing A and B on this load.
 function restoreDraft() {
   const judgements = draft.load()?.judgements;
   if (!Array.isArray(judgements)) return 0;
