@@ -5,8 +5,6 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +14,7 @@ import requests
 import soundfile as sf
 import yaml
 
-from caqe_core.plugins import Registry, set_registry
-from tests.support.server import ServedStudy, build_study
+from tests.support.server import serve as serve  # imported by the adversarial tests
 
 MUSHRA_RATE = 48000
 
@@ -139,21 +136,6 @@ def mushra_settings(page_html: str) -> dict[str, Any]:
     )
     assert match, "the page is a MUSHRA trial page"
     return json.loads(match.group(1))
-
-
-@contextmanager
-def serve(
-    config: Path, database_url: str, registry: Registry, data_dir: Path
-) -> Iterator[ServedStudy]:
-    """Serve a study over real HTTP on loopback for the duration of the block."""
-    served = build_study(config, database_url, registry, data_dir)
-    served.start()
-    set_registry(registry)
-    try:
-        yield served
-    finally:
-        served.stop()
-        set_registry(None)
 
 
 def pairwise_study(folder: Path, **sections: Any) -> Path:

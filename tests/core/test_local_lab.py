@@ -35,7 +35,7 @@ from tests.adversarial.helpers import (
     start_listener,
 )
 from tests.support.processes import call_at_once, serve_in_processes
-from tests.support.server import SECRET, ServedStudy, build_study
+from tests.support.server import SECRET, ServedStudy, build_study, serve
 from tests.support.studies import scale_study
 
 
@@ -147,15 +147,9 @@ def lab_on_database(
 ) -> Iterator[ServedStudy]:
     """A lab study on SQLite and on PostgreSQL, served over HTTP."""
     config = scale_study(tmp_path / "study")
-    served = build_study(config, database_url, registry, tmp_path / "data")
-    served.start()
-    set_registry(registry)
-    try:
+    with serve(config, database_url, registry, tmp_path / "data") as served:
         yield served
-    finally:
-        served.stop()
-        set_registry(None)
-        served.session_factory.kw["bind"].dispose()
+    served.session_factory.kw["bind"].dispose()
 
 
 def start_token(page_html: str) -> str:

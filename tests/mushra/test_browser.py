@@ -15,7 +15,7 @@ from sqlalchemy import select
 from caqe_core.cli import build_cli
 from caqe_core.models import ListeningEvent, Participant, Reservation, Trial
 from caqe_core.plugins import Registry, set_registry
-from tests.support.server import ServedStudy, build_study
+from tests.support.server import ServedStudy, build_study, serve
 
 pytestmark = pytest.mark.browser
 
@@ -394,14 +394,8 @@ def served_quick(
         systems=3,
         mushra={"min_play_seconds": MIN_PLAY_SECONDS},
     )
-    set_registry(registry)
-    served = build_study(path, sqlite_url, registry, tmp_path / "data")
-    served.start()
-    try:
+    with serve(path, sqlite_url, registry, tmp_path / "data") as served:
         yield served
-    finally:
-        served.stop()
-        set_registry(None)
 
 
 def draft_key(page: Any) -> str:

@@ -22,8 +22,8 @@ from sqlalchemy import select
 
 from caqe_core.cli import build_cli
 from caqe_core.models import ListeningEvent, Participant, Reservation, Trial
-from caqe_core.plugins import Registry, set_registry
-from tests.support.server import ServedStudy, build_study
+from caqe_core.plugins import Registry
+from tests.support.server import ServedStudy, serve
 
 DEMO_CONFIG = (
     Path(__file__).resolve().parents[2] / "plugins" / "pairwise" / "demo" / "demo.yaml"
@@ -70,14 +70,8 @@ def served_demo(
     path = tmp_path / "demo.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
-    served = build_study(path, sqlite_url, registry, tmp_path / "data")
-    served.start()
-    set_registry(registry)
-    try:
+    with serve(path, sqlite_url, registry, tmp_path / "data") as served:
         yield served
-    finally:
-        served.stop()
-        set_registry(None)
 
 
 @pytest.fixture(scope="module")
@@ -437,14 +431,8 @@ def served_without_listening(
     path = tmp_path / "demo.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
-    served = build_study(path, sqlite_url, registry, tmp_path / "data")
-    served.start()
-    set_registry(registry)
-    try:
+    with serve(path, sqlite_url, registry, tmp_path / "data") as served:
         yield served
-    finally:
-        served.stop()
-        set_registry(None)
 
 
 def test_reload_resumes_at_open_pair(

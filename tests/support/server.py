@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from werkzeug.serving import make_server
 
 from caqe_core.config import load_config
 from caqe_core.db import make_engine, make_session_factory, upgrade
-from caqe_core.plugins import Registry
+from caqe_core.plugins import Registry, set_registry
 from caqe_core.study import Study, prepare_study
 from caqe_core.web import create_app
 
@@ -56,3 +58,18 @@ def build_study(
     study = prepare_study(config, registry, factory, data_dir)
     app = create_app(study, factory, SECRET, ADMIN_PASSWORD, data_dir)
     return ServedStudy(study=study, session_factory=factory, app=app, data_dir=data_dir)
+
+
+@contextmanager
+def serve(
+    config: Path, database_url: str, registry: Registry, data_dir: Path
+) -> Iterator[ServedStudy]:
+    """Serve a study over real HTTP on loopback for the duration of the block."""
+    served = build_study(config, database_url, registry, data_dir)
+    served.start()
+    set_registry(registry)
+    try:
+        yield served
+    finally:
+        served.stop()
+        set_registry(None)
