@@ -132,18 +132,27 @@ def answer_pair(page: Any, number: int) -> str:
     return choice
 
 
-def test_participant_completes_demo_in_chromium(
-    served_demo: ServedStudy, browser: Any, sqlite_url: str, tmp_path: Path
-) -> None:
+def open_first_page(browser: Any, base_url: str) -> tuple[Any, Any, list[str]]:
+    """Start a participant in a new browser context and agree to the consent.
+
+    Returns the context, the page, which is loading the first trial, and the
+    list that collects the page's script errors.
+    """
     context = browser.new_context(viewport={"width": 1100, "height": 900})
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-
-    page.goto(f"{served_demo.url}/")
+    page.goto(f"{base_url}/")
     page.click("#start")
     page.check("#agree")
     page.click("#continue")
+    return context, page, errors
+
+
+def test_participant_completes_demo_in_chromium(
+    served_demo: ServedStudy, browser: Any, sqlite_url: str, tmp_path: Path
+) -> None:
+    context, page, errors = open_first_page(browser, served_demo.url)
 
     answers: list[str] = []
     for page_number in range(PAGES):
@@ -270,14 +279,7 @@ def pressed_choices(page: Any) -> list[str]:
 def test_reload_restores_choices(
     served_demo: ServedStudy, browser: Any, sqlite_url: str, tmp_path: Path
 ) -> None:
-    context = browser.new_context(viewport={"width": 1100, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(f"{served_demo.url}/")
-    page.click("#start")
-    page.check("#agree")
-    page.click("#continue")
+    context, page, errors = open_first_page(browser, served_demo.url)
     page.wait_for_selector('#pairwise[data-state="ready"]', timeout=20_000)
     pairs = int(page.inner_text("#pairwise-pair-title").rsplit(" ", 1)[1])
 
@@ -367,14 +369,7 @@ def test_reload_restores_choices(
 
 
 def test_invalid_draft_is_ignored(served_demo: ServedStudy, browser: Any) -> None:
-    context = browser.new_context(viewport={"width": 1100, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(f"{served_demo.url}/")
-    page.click("#start")
-    page.check("#agree")
-    page.click("#continue")
+    context, page, errors = open_first_page(browser, served_demo.url)
     page.wait_for_selector('#pairwise[data-state="ready"]', timeout=20_000)
     key = pairwise_draft_key(page)
     submit_url = key.removeprefix("caqe.draft.")
@@ -438,14 +433,7 @@ def served_without_listening(
 def test_reload_resumes_at_open_pair(
     served_without_listening: ServedStudy, browser: Any
 ) -> None:
-    context = browser.new_context(viewport={"width": 1100, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(f"{served_without_listening.url}/")
-    page.click("#start")
-    page.check("#agree")
-    page.click("#continue")
+    context, page, errors = open_first_page(browser, served_without_listening.url)
     page.wait_for_selector('#pairwise[data-state="ready"]', timeout=20_000)
     pairs = int(page.inner_text("#pairwise-pair-title").rsplit(" ", 1)[1])
 
